@@ -1,0 +1,76 @@
+"""The denoiser D(x; sigma): SD's noise-predicting UNet seen through Karras et al. (2022).
+
+SD 1.5 was trained as a discrete variance-preserving (VP) model: at training step t in
+0..M-1 (M = 1000) a clean latent x0 becomes  sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,  and the
+UNet F_theta learns to predict eps. Divide by sqrt(abar_t) and this is  x0 + sigma_t eps  with
+
+    sigma_t = sqrt((1 - abar_t) / abar_t),
+
+the "variance-exploding" view the Karras ODE works in. Table 1's VP column then turns the
+eps-predictor into a denoiser, eq. (7):
+
+    D(x; sigma) = c_skip x + c_out F_theta(c_in x; c_noise)
+    c_skip = 1,  c_out = -sigma,  c_in = 1 / sqrt(sigma^2 + 1),  c_noise = (M - 1) sigma^-1(sigma)
+
+where sigma^-1 maps a noise level back to its (fractional) training step t.
+"""
+
+import torch
+from torch import nn
+
+
+def scaled_linear_alphas_cumprod(
+    beta_start: float = 0.00085, beta_end: float = 0.012, num_train_timesteps: int = 1000
+) -> torch.Tensor:
+    """SD's training schedule: betas evenly spaced in sqrt, abar_t = prod_{s<=t} (1 - beta_s). (M,) float64."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """sigma_t = sqrt((1 - abar_t) / abar_t): the noise level of each training step. (M,), increasing."""
+    return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+
+
+def sigma_to_t(sigma: torch.Tensor, sigma_table: torch.Tensor) -> torch.Tensor:
+    """sigma^-1: the fractional training step of a noise level, by linear interpolation in log sigma.
+
+    Exact at the table's points (t = 0 .. M-1); clamped to [0, M-1] outside the table.
+    """
+    log_table = sigma_table.log().to(sigma.device)  # (M,), increasing
+    log_sigma = sigma.to(log_table.dtype).clamp(min=1e-10).log()
+    # The table interval [low, low+1] that holds log_sigma.
+    low = torch.searchsorted(log_table, log_sigma, right=True).sub(1).clamp(0, len(log_table) - 2)
+    w = (log_sigma - log_table[low]) / (log_table[low + 1] - log_table[low])
+    return low + w.clamp(0, 1)
+
+
+class Denoiser(nn.Module):
+    """D(x; sigma) for an eps-prediction model trained on a discrete VP schedule."""
+
+    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor):
+        super().__init__()
+        self.unet = unet
+        self.register_buffer("sigma_table", sigmas_from_alphas_cumprod(alphas_cumprod), persistent=False)
+
+    @property
+    def sigma_min(self) -> float:
+        return self.sigma_table[0].item()
+
+    @property
+    def sigma_max(self) -> float:
+        return self.sigma_table[-1].item()
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, h, w) at noise level sigma (a scalar or (B,)), context: (B, T, D) -> D(x; sigma), like x."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)  # (B or 1, 1, 1, 1)
+        # Karras et al. 2022, Table 1 (VP) for an eps-predictor:
+        c_skip = 1.0
+        c_out = -sigma
+        c_in = 1 / (sigma**2 + 1) ** 0.5
+        c_noise = sigma_to_t(sigma.flatten(), self.sigma_table)  # (M-1) sigma^-1(sigma), in 0..M-1
+        # The network runs in its own dtype (fp16 on CUDA); the sampler's x stays float32.
+        dtype = next(self.unet.parameters()).dtype
+        eps = self.unet((c_in * x).to(dtype), c_noise, context.to(dtype)).float()  # F_theta(c_in x; c_noise)
+        # Karras et al. 2022, eq. (7): D(x) = c_skip x + c_out F(c_in x; c_noise)
+        return c_skip * x + c_out * eps

@@ -1,0 +1,222 @@
+"""Text to image: prompt -> CLIP embeddings -> guided denoiser -> Euler sampler -> VAE decode.
+
+The CLIP tokenizer and text encoder come from transformers and the VAE from diffusers; the UNet,
+the denoiser and the sampler are minsd's own. The whole loop is in `StableDiffusion.generate`.
+"""
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .denoiser import Denoiser
+from .scheduler import SPACINGS, check_num_steps, get_sigmas, sample_euler, sample_heun
+
+SAMPLERS = {"euler": sample_euler, "heun": sample_heun}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA; fp32 elsewhere (fp16 on a CPU fails or crawls, bf16 is 15-200x slower here)."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+class CFGDenoiser(nn.Module):
+    """Classifier-free guidance: D = D(x; sigma, uncond) + g (D(x; sigma, cond) - D(x; sigma, uncond)).
+
+    Ho & Salimans (2022) guide the predicted noise; with c_skip = 1 and c_out = -sigma, D is affine
+    in eps, so guiding D is the same. g = 1 is the plain conditional model (one UNet pass).
+    """
+
+    def __init__(self, denoiser: Denoiser, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float):
+        super().__init__()
+        self.denoiser, self.cond, self.uncond, self.guidance = denoiser, cond, uncond, guidance
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.uncond is None:
+            return self.denoiser(x, sigma, self.cond)
+        # One UNet call on a batch of two halves: [unconditional, conditional].
+        context = torch.cat([self.uncond, self.cond])  # (2B, T, D)
+        denoised_uncond, denoised_cond = self.denoiser(torch.cat([x, x]), sigma, context).chunk(2)
+        return denoised_uncond + self.guidance * (denoised_cond - denoised_uncond)
+
+
+@dataclass
+class Generation:
+    """What `StableDiffusion.generate` returns. Tensors are float32 on the CPU."""
+
+    images: list[Image.Image]
+    pixels: torch.Tensor  # (B, 3, H, W) in [0, 1]
+    latents: torch.Tensor  # (B, 4, H/8, W/8): the sampler's final x
+    sigmas: torch.Tensor  # (N + 1,) the schedule that was sampled
+    steps: list[dict] = field(default_factory=list)  # per step: i, sigma, x, denoised (if asked for)
+
+
+class StableDiffusion:
+    """A text-to-image model: minsd's UNet with a CLIP text encoder, a tokenizer and a VAE."""
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        vae: nn.Module,
+        text_encoder: nn.Module,
+        tokenizer,
+        alphas_cumprod: torch.Tensor,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        name: str = "custom",
+        preview_factors: torch.Tensor | None = None,
+    ):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = dtype or default_dtype(self.device)
+        self.name = name  # which weights drew the images, for captions and logs
+        self.tokenizer = tokenizer
+        self.denoiser = Denoiser(unet, alphas_cumprod).to(self.device, self.dtype).eval()
+        self.text_encoder = text_encoder.to(self.device, self.dtype).eval()
+        if vae.dtype != self.dtype:  # diffusers warns on every dtype cast, even a no-op one
+            vae = vae.to(dtype=self.dtype)
+        self.vae = vae.to(self.device).eval()
+        self.preview_factors = preview_factors  # (C, 3) latent -> RGB, see preview.py
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for SD 1.5
+
+    @property
+    def unet(self) -> nn.Module:
+        return self.denoiser.unet
+
+    @property
+    def default_size(self) -> int:
+        """The image size the model was trained at: 512 for SD 1.5."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    # -- text -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> CLIP's last hidden states, (B, T, D); T = tokenizer.model_max_length (77 for SD)."""
+        max_length = self.tokenizer.model_max_length
+        ids = self.tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True).input_ids
+        for prompt in prompts:
+            n_tokens = len(self.tokenizer(prompt).input_ids)  # with the start and end tokens
+            if n_tokens > max_length:
+                warnings.warn(
+                    f"prompt has {n_tokens} tokens, more than the text encoder's {max_length} (start and end "
+                    f"tokens included); everything after token {max_length - 1} is ignored: {prompt!r}",
+                    stacklevel=3,
+                )
+        ids = torch.tensor(ids, device=self.device)  # (B, T)
+        # No attention mask: SD 1.5 was trained with the padding tokens attended.
+        return self.text_encoder(ids).last_hidden_state  # (B, T, D)
+
+    # -- latents -> pixels ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, 4, h, w) latents -> (B, 3, 8h, 8w) pixels in [0, 1], float32 on the CPU."""
+        z = latents / self.vae.config.scaling_factor  # back to the VAE's own latent scale
+        pixels = self.vae.decode(z.to(self.device, self.dtype)).sample
+        if not torch.isfinite(pixels).all() and self.dtype != torch.float32:
+            warnings.warn(f"the VAE gave NaN/inf in {self.dtype}; decoding again in float32", stacklevel=2)
+            pixels = self.vae.float().decode(z.to(self.device, torch.float32)).sample
+            self.vae.to(self.dtype)
+        return (pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int = 20,
+        guidance: float = 7.5,
+        seed: int = 0,
+        num_images: int = 1,
+        spacing: str = "linspace",
+        sampler: str = "euler",
+        return_steps: bool = False,
+        progress: bool = True,
+    ) -> Generation:
+        """Sample num_images images per prompt. Same seed, same images, on every device."""
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+        negatives = self._negative_prompts(negative_prompt, len(prompts))
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
+        self._check_inputs(height, width, steps, num_images, spacing, sampler)
+
+        # 1. Text: each prompt's embedding, repeated for its images; the negative ones for guidance.
+        cond = self.encode_prompts(prompts).repeat_interleave(num_images, dim=0)  # (B, T, D)
+        uncond = None
+        if guidance != 1.0:
+            uncond = self.encode_prompts(negatives).repeat_interleave(num_images, dim=0)  # (B, T, D)
+        denoiser = CFGDenoiser(self.denoiser, cond, uncond, guidance)
+
+        # 2. The schedule and the starting point x_0 = sigma_0 * n, n ~ N(0, I) from a seeded CPU generator.
+        sigmas = get_sigmas(self.denoiser.sigma_table, steps, spacing)  # (N + 1,) ending in 0
+        channels = self.unet.config.in_channels
+        shape = (len(cond), channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))  # (B, 4, h, w)
+        x = noise.to(self.device) * sigmas[0].item()
+
+        # 3. Solve the ODE from sigma_0 down to 0.
+        recorded = []
+
+        def record(step: dict) -> None:
+            recorded.append({k: v.float().cpu() if torch.is_tensor(v) else v for k, v in step.items()})
+
+        latents = SAMPLERS[sampler](denoiser, x, sigmas, callback=record if return_steps else None, progress=progress)
+        if not torch.isfinite(latents).all():
+            raise FloatingPointError(
+                f"sampling produced NaN/inf latents ({self.name}, {self.dtype} on {self.device}); "
+                "if this is fp16, try dtype=torch.float32"
+            )
+
+        # 4. Latents -> pixels.
+        pixels = self.decode(latents)
+        return Generation(to_pil(pixels), pixels, latents.cpu(), sigmas, recorded)
+
+    __call__ = generate
+
+    @staticmethod
+    def _negative_prompts(negative_prompt: str | list[str] | None, n_prompts: int) -> list[str]:
+        if negative_prompt is None:
+            return [""] * n_prompts  # the unconditional embedding is that of the empty prompt
+        if isinstance(negative_prompt, str):
+            return [negative_prompt] * n_prompts
+        if len(negative_prompt) != n_prompts:
+            raise ValueError(
+                f"got {len(negative_prompt)} negative prompts for {n_prompts} prompts; give one per prompt"
+            )
+        return list(negative_prompt)
+
+    def _check_inputs(self, height, width, steps, num_images, spacing, sampler) -> None:
+        factor = self.vae_scale_factor
+        for name, size in (("height", height), ("width", width)):
+            if not isinstance(size, int) or size <= 0 or size % factor:
+                lower = max(factor, size // factor * factor) if isinstance(size, int) else factor
+                raise ValueError(
+                    f"{name} must be a positive multiple of {factor} (the VAE's downsampling factor), "
+                    f"got {size!r}; try {lower} or {lower + factor}"
+                )
+        check_num_steps(steps)
+        if not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+        if spacing not in SPACINGS:
+            raise ValueError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+
+
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) floats in [0, 1] -> PIL images, rounded to 8 bits."""
+    arrays = (pixels.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()  # (B, H, W, 3)
+    return [Image.fromarray(a) for a in arrays]

@@ -1,0 +1,145 @@
+"""Noise schedules (which sigmas to visit) and samplers (how to step between them).
+
+A schedule is an explicit tensor  sigma_0 > sigma_1 > ... > sigma_{N-1} > sigma_N = 0.
+A sampler is a stateless function of (denoiser, x, sigmas): call it twice, get the same answer.
+
+The probability-flow ODE of Karras et al. (2022), eq. (1) with sigma(t) = t, and the score of
+eq. (3), grad log p(x; sigma) = (D(x; sigma) - x) / sigma^2, give
+
+    dx/dsigma = (x - D(x; sigma)) / sigma.
+
+Euler's method on it is the update that SD samples with (Karras et al., Algorithm 1 without
+the Heun correction):
+
+    x_{i+1} = x_i + (sigma_{i+1} - sigma_i) (x_i - D(x_i; sigma_i)) / sigma_i.
+"""
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+Spacing = Literal["linspace", "leading", "trailing", "karras"]
+SPACINGS = ("linspace", "leading", "trailing", "karras")
+
+# denoiser(x, sigma) -> D(x; sigma), x: (B, C, h, w), sigma: a 0-d tensor
+DenoiserFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def spaced_timesteps(num_steps: int, spacing: str, num_train_timesteps: int = 1000, steps_offset: int = 1):
+    """The training steps t_0 > t_1 > ... > t_{N-1} that a discrete schedule visits. (N,) float64.
+
+    linspace: evenly from M-1 down to 0, fractional in between (diffusers' default for SD 1.5).
+    leading:  multiples of M // N counted from 0, shifted by steps_offset (the original SD repo).
+    trailing: multiples of M / N counted down from M, minus 1 (Lin et al. 2024; starts at M-1).
+    """
+    check_num_steps(num_steps)
+    M, N = num_train_timesteps, num_steps
+    if spacing == "linspace":
+        # From M-1 down, so that one step starts from pure noise (diffusers' linspace(0, M-1, 1) gives t = 0).
+        t = torch.linspace(M - 1, 0, N, dtype=torch.float64)
+    elif spacing == "leading":
+        t = (torch.arange(N, dtype=torch.float64) * (M // N)).round().flip(0) + steps_offset
+    elif spacing == "trailing":
+        t = (M * torch.arange(N, 0, -1, dtype=torch.float64) / N).round() - 1
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of 'linspace', 'leading', 'trailing'")
+    return t
+
+
+def t_to_sigma(t: torch.Tensor, sigma_table: torch.Tensor) -> torch.Tensor:
+    """sigma(t) between the table's points by linear interpolation in sigma, as diffusers does."""
+    t = t.to(torch.float64)
+    low = t.floor().long().clamp(0, len(sigma_table) - 2)
+    w = t - low
+    table = sigma_table.to(torch.float64)
+    return (1 - w) * table[low] + w * table[low + 1]
+
+
+def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022, eq. (5): sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
+
+    Returns the N noise levels without the final 0. rho = 7 spends more steps at low noise.
+    """
+    check_num_steps(num_steps)
+    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
+    max_inv_rho, min_inv_rho = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+def get_sigmas(sigma_table: torch.Tensor, num_steps: int, spacing: Spacing = "linspace") -> torch.Tensor:
+    """The schedule for sampling with num_steps model evaluations: (N + 1,) float64, ending in 0.
+
+    sigma_table: the model's training noise levels, (M,) increasing (see `denoiser.py`).
+    spacing: 'linspace', 'leading' or 'trailing' timesteps, or 'karras' (rho = 7 between the
+    table's sigma_min and sigma_max).
+    """
+    if spacing == "karras":
+        table = sigma_table.to(torch.float64)
+        sigmas = karras_sigmas(num_steps, table[0].item(), table[-1].item())
+    else:
+        sigmas = t_to_sigma(spaced_timesteps(num_steps, spacing, len(sigma_table)), sigma_table)
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def check_num_steps(num_steps: int) -> None:
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"the number of sampling steps must be a positive integer, got {num_steps!r}")
+
+
+@torch.no_grad()
+def sample_euler(
+    denoiser: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Euler's method on dx/dsigma = (x - D(x; sigma)) / sigma, from sigmas[0] down to sigmas[-1].
+
+    x: (B, C, h, w) noise already scaled to sigmas[0]. The state is kept in float32.
+    callback, if given, receives {"i", "sigma", "sigma_next", "x", "denoised"} at every step.
+    """
+    x = x.float()
+    sigmas = sigmas.to(device=x.device, dtype=torch.float32)
+    for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="Euler", unit="step"):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoiser(x, sigma)  # D(x_i; sigma_i)
+        if callback is not None:
+            callback({"i": i, "sigma": sigma, "sigma_next": sigma_next, "x": x, "denoised": denoised})
+        d = (x - denoised) / sigma  # dx/dsigma at (x_i, sigma_i)
+        dt = sigma_next - sigma  # negative: we walk towards sigma = 0
+        x = x + d * dt  # x_{i+1}
+    return x
+
+
+@torch.no_grad()
+def sample_heun(
+    denoiser: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Heun's second-order method, Karras et al. 2022, Algorithm 1 (deterministic).
+
+    An Euler step, then a correction with the slope at its end point; the last step (to sigma = 0)
+    stays an Euler step. Costs 2N - 1 denoiser calls for N steps.
+    """
+    x = x.float()
+    sigmas = sigmas.to(device=x.device, dtype=torch.float32)
+    for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="Heun", unit="step"):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoiser(x, sigma)
+        if callback is not None:
+            callback({"i": i, "sigma": sigma, "sigma_next": sigma_next, "x": x, "denoised": denoised})
+        d = (x - denoised) / sigma  # slope at the start
+        dt = sigma_next - sigma
+        x_euler = x + d * dt
+        if sigma_next == 0:
+            x = x_euler
+        else:
+            d_next = (x_euler - denoiser(x_euler, sigma_next)) / sigma_next  # slope at the end
+            x = x + (d + d_next) / 2 * dt  # trapezoidal rule
+    return x

@@ -1,0 +1,29 @@
+"""The CLIP tokenizer, built offline from a list of BPE merges.
+
+CLIP's vocabulary is the 256 byte symbols, the same with the end-of-word mark "</w>", one token
+per BPE merge, then <|startoftext|> and <|endoftext|> (49,408 tokens for OpenAI's 48,894 merges).
+"""
+
+from transformers import CLIPTokenizer
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from the 256 byte values to printable unicode characters."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in chars:  # control characters and spaces move past the byte range
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return dict(sorted(chars.items()))
+
+
+def build_clip_tokenizer(merges: list[tuple[str, str]], model_max_length: int = 77) -> CLIPTokenizer:
+    """A CLIPTokenizer whose vocabulary is made from `merges`, in CLIP's order."""
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(pair) for pair in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=model_max_length)

@@ -1,0 +1,387 @@
+"""The Stable Diffusion 1.5 UNet, written to be read top to bottom.
+
+The network F_theta(x, t, context) predicts the noise eps in a noisy latent x at timestep t,
+conditioned on CLIP text embeddings (the context). Small pieces come first (time embedding,
+ResNet block, attention, transformer block), the full UNet last.
+
+Module and attribute names copy diffusers' `UNet2DConditionModel`, so a diffusers SD 1.5
+state dict loads with `load_state_dict(..., strict=True)` and no key renaming. Where diffusers
+keeps a parameter-free module inside a container (`to_out.1`, `ff.net.1` are dropouts), we keep
+an `nn.Dropout` too, so the indices of the modules around it stay the same.
+
+Descended from cloneofsimo/minSDXL, reduced to SD 1.5.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Sizes of an SD 1.5-shaped UNet. The defaults are SD 1.5 (859,520,964 parameters)."""
+
+    sample_size: int = 64  # latent size at training time (64 x 8 = 512 px for SD 1.5)
+    in_channels: int = 4  # latent channels of the VAE
+    out_channels: int = 4
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)  # channels per resolution level
+    layers_per_block: int = 2  # ResNet (+ attention) layers per down block; up blocks have one more
+    num_heads: int = 8  # diffusers calls this `attention_head_dim`, a historical misnomer
+    cross_attention_dim: int = 768  # width of the text embeddings (CLIP ViT-L/14)
+    norm_num_groups: int = 32
+
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.block_out_channels[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Time embedding
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, cosines first: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)  # (half,)
+    angles = t.float()[:, None] * freqs[None, :]  # (B, half)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # (B, dim)
+
+
+class TimestepEmbedding(nn.Module):
+    """An MLP that lifts the sinusoidal embedding to the width the ResNet blocks read."""
+
+    def __init__(self, in_dim: int, time_embed_dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, time_embed_dim)
+        self.act = nn.SiLU()
+        self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
+
+    def forward(self, t_emb: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(t_emb)))
+
+
+# ---------------------------------------------------------------------------------------------
+# ResNet block, down- and upsampling
+
+
+class ResnetBlock2D(nn.Module):
+    """GroupNorm -> SiLU -> conv, add the time embedding, GroupNorm -> SiLU -> conv, add the skip."""
+
+    def __init__(self, in_channels: int, out_channels: int, time_embed_dim: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=1e-5)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.time_emb_proj = nn.Linear(time_embed_dim, out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=1e-5)
+        self.dropout = nn.Dropout(0.0)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.nonlinearity = nn.SiLU()
+        # A 1x1 conv matches the channels of the skip path; it exists only where they change.
+        self.conv_shortcut = None
+        if in_channels != out_channels:
+            self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self.nonlinearity(self.norm1(x)))  # (B, C_out, H, W)
+        h = h + self.time_emb_proj(self.nonlinearity(emb))[:, :, None, None]  # time, per channel
+        h = self.conv2(self.dropout(self.nonlinearity(self.norm2(h))))
+        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return skip + h
+
+
+class Downsample2D(nn.Module):
+    """A stride-2 3x3 convolution: halves H and W (rounding up)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample2D(nn.Module):
+    """Nearest-neighbour upsampling to the size of the matching skip, then a 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        # `size` is 2x the input, except after an odd size on the way down (e.g. 9 -> 17, not 18).
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+
+
+class Attention(nn.Module):
+    """Multi-head attention. Self-attention when context is None, else cross-attention on it."""
+
+    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None):
+        super().__init__()
+        context_dim = context_dim or dim
+        self.num_heads = num_heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim, dim, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        B, N, C = x.shape  # N = H * W positions
+        q = self.to_q(x).view(B, N, self.num_heads, -1).transpose(1, 2)  # (B, nh, N, hs)
+        k = self.to_k(context).view(B, context.shape[1], self.num_heads, -1).transpose(1, 2)  # (B, nh, M, hs)
+        v = self.to_v(context).view(B, context.shape[1], self.num_heads, -1).transpose(1, 2)  # (B, nh, M, hs)
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(hs)) v: (B, nh, N, hs)
+        out = out.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        return self.to_out[0](out)
+
+
+class GEGLU(nn.Module):
+    """A linear layer to twice the width, half of it gating the other half through GELU."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, 2 * dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden, gate = self.proj(x).chunk(2, dim=-1)
+        return hidden * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.net = nn.ModuleList([GEGLU(dim, mult * dim), nn.Dropout(0.0), nn.Linear(mult * dim, dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net[2](self.net[0](x))
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm transformer layer: self-attention, cross-attention on the text, feed-forward."""
+
+    def __init__(self, dim: int, num_heads: int, context_dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, num_heads, context_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x))  # every position looks at every other position
+        x = x + self.attn2(self.norm2(x), context)  # every position looks at the prompt's tokens
+        x = x + self.ff(self.norm3(x))
+        return x
+
+
+class Transformer2DModel(nn.Module):
+    """Runs a transformer block over the H*W positions of a feature map, with a residual."""
+
+    def __init__(self, channels: int, num_heads: int, context_dim: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, channels, kernel_size=1)
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(channels, num_heads, context_dim)])
+        self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.proj_in(self.norm(x))  # (B, C, H, W)
+        h = h.permute(0, 2, 3, 1).reshape(B, H * W, C)  # (B, HW, C): one token per position
+        h = self.transformer_blocks[0](h, context)
+        h = h.reshape(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W)
+        return x + self.proj_out(h)
+
+
+# ---------------------------------------------------------------------------------------------
+# The blocks of the down path, the middle and the up path
+
+
+class CrossAttnDownBlock2D(nn.Module):
+    """(ResNet -> Transformer) x layers, then downsample. Returns the output and its skips."""
+
+    def __init__(self, in_ch: int, out_ch: int, cfg: UNetConfig, add_downsample: bool):
+        super().__init__()
+        groups, emb = cfg.norm_num_groups, cfg.time_embed_dim
+        n = cfg.layers_per_block
+        self.resnets = nn.ModuleList(
+            [ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, emb, groups) for i in range(n)]
+        )
+        self.attentions = nn.ModuleList(
+            [Transformer2DModel(out_ch, cfg.num_heads, cfg.cross_attention_dim, groups) for _ in range(n)]
+        )
+        self.downsamplers = nn.ModuleList([Downsample2D(out_ch)]) if add_downsample else None
+
+    def forward(self, x, emb, context) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips = []
+        for resnet, attention in zip(self.resnets, self.attentions):
+            x = attention(resnet(x, emb), context)
+            skips.append(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+            skips.append(x)
+        return x, skips
+
+
+class DownBlock2D(nn.Module):
+    """ResNet x layers, at the lowest resolution: no attention, no downsampling."""
+
+    def __init__(self, in_ch: int, out_ch: int, cfg: UNetConfig):
+        super().__init__()
+        n = cfg.layers_per_block
+        self.resnets = nn.ModuleList(
+            [
+                ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, cfg.time_embed_dim, cfg.norm_num_groups)
+                for i in range(n)
+            ]
+        )
+
+    def forward(self, x, emb, context=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips = []  # no attention at this level: the context is not read
+        for resnet in self.resnets:
+            x = resnet(x, emb)
+            skips.append(x)
+        return x, skips
+
+
+class UNetMidBlock2DCrossAttn(nn.Module):
+    """ResNet -> Transformer -> ResNet at the lowest resolution."""
+
+    def __init__(self, channels: int, cfg: UNetConfig):
+        super().__init__()
+        emb, groups = cfg.time_embed_dim, cfg.norm_num_groups
+        self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, emb, groups) for _ in range(2)])
+        self.attentions = nn.ModuleList([Transformer2DModel(channels, cfg.num_heads, cfg.cross_attention_dim, groups)])
+
+    def forward(self, x, emb, context) -> torch.Tensor:
+        x = self.resnets[0](x, emb)
+        x = self.attentions[0](x, context)
+        return self.resnets[1](x, emb)
+
+
+def up_resnets(prev_ch: int, out_ch: int, skip_ch: int, cfg: UNetConfig) -> nn.ModuleList:
+    """The ResNets of an up block. Each reads its input concatenated with one skip; the last
+    skip of a level comes from the level above (skip_ch), the others from this level (out_ch)."""
+    n = cfg.layers_per_block + 1
+    resnets = []
+    for i in range(n):
+        in_ch = prev_ch if i == 0 else out_ch
+        skip = skip_ch if i == n - 1 else out_ch
+        resnets.append(ResnetBlock2D(in_ch + skip, out_ch, cfg.time_embed_dim, cfg.norm_num_groups))
+    return nn.ModuleList(resnets)
+
+
+class UpBlock2D(nn.Module):
+    """At the lowest resolution: (concat skip -> ResNet) x (layers + 1), then upsample."""
+
+    def __init__(self, prev_ch: int, out_ch: int, skip_ch: int, cfg: UNetConfig):
+        super().__init__()
+        self.resnets = up_resnets(prev_ch, out_ch, skip_ch, cfg)
+        self.upsamplers = nn.ModuleList([Upsample2D(out_ch)])
+
+    def forward(self, x, emb, context, skips) -> torch.Tensor:
+        for resnet in self.resnets:  # no attention at this level: the context is not read
+            x = resnet(torch.cat([x, skips.pop()], dim=1), emb)
+        return self.upsamplers[0](x, size=skips[-1].shape[-2:])
+
+
+class CrossAttnUpBlock2D(nn.Module):
+    """(concat skip -> ResNet -> Transformer) x (layers + 1), then upsample (except at the top)."""
+
+    def __init__(self, prev_ch: int, out_ch: int, skip_ch: int, cfg: UNetConfig, add_upsample: bool):
+        super().__init__()
+        groups = cfg.norm_num_groups
+        self.resnets = up_resnets(prev_ch, out_ch, skip_ch, cfg)
+        self.attentions = nn.ModuleList(
+            [
+                Transformer2DModel(out_ch, cfg.num_heads, cfg.cross_attention_dim, groups)
+                for _ in range(cfg.layers_per_block + 1)
+            ]
+        )
+        self.upsamplers = nn.ModuleList([Upsample2D(out_ch)]) if add_upsample else None
+
+    def forward(self, x, emb, context, skips) -> torch.Tensor:
+        for resnet, attention in zip(self.resnets, self.attentions):
+            x = resnet(torch.cat([x, skips.pop()], dim=1), emb)
+            x = attention(x, context)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x, size=skips[-1].shape[-2:])
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# The UNet
+
+
+class UNet(nn.Module):
+    """F_theta(x, t, context) -> eps for SD 1.5-shaped configs.
+
+    Down path: conv_in, then per level (ResNet [-> attention]) x layers_per_block and a
+    downsample; every intermediate is kept as a skip. Middle: ResNet, attention, ResNet.
+    Up path: per level (concat a skip -> ResNet [-> attention]) x (layers_per_block + 1) and an
+    upsample. With SD 1.5's 4 levels and 2 layers per block there are 12 skips.
+    """
+
+    def __init__(self, cfg: UNetConfig = UNetConfig()):
+        super().__init__()
+        self.config = cfg
+        ch = cfg.block_out_channels
+        n_levels = len(ch)
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], kernel_size=3, padding=1)
+        self.time_embedding = TimestepEmbedding(ch[0], cfg.time_embed_dim)
+
+        # Down: cross-attention on every level but the lowest, downsampling on every level but the lowest.
+        self.down_blocks = nn.ModuleList()
+        for level in range(n_levels):
+            in_ch = ch[max(level - 1, 0)]
+            if level < n_levels - 1:
+                self.down_blocks.append(CrossAttnDownBlock2D(in_ch, ch[level], cfg, add_downsample=True))
+            else:
+                self.down_blocks.append(DownBlock2D(in_ch, ch[level], cfg))
+
+        self.mid_block = UNetMidBlock2DCrossAttn(ch[-1], cfg)
+
+        # Up: the mirror image, lowest level first.
+        rev = list(reversed(ch))
+        self.up_blocks = nn.ModuleList()
+        for level in range(n_levels):
+            prev_ch, out_ch = rev[max(level - 1, 0)], rev[level]
+            skip_ch = rev[min(level + 1, n_levels - 1)]  # channels of the level above's last skip
+            if level == 0:
+                self.up_blocks.append(UpBlock2D(prev_ch, out_ch, skip_ch, cfg))
+            else:
+                add_upsample = level < n_levels - 1
+                self.up_blocks.append(CrossAttnUpBlock2D(prev_ch, out_ch, skip_ch, cfg, add_upsample))
+
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=1e-5)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """x: (B, 4, h, w) latents, t: (B,) or () timesteps, context: (B, T, 768) text -> eps (B, 4, h, w)."""
+        t = t.expand(x.shape[0])  # one timestep per sample
+        t_emb = timestep_embedding(t, self.config.block_out_channels[0]).to(x.dtype)  # (B, 320)
+        emb = self.time_embedding(t_emb)  # (B, 1280)
+
+        # Down path: keep every intermediate as a skip.
+        x = self.conv_in(x)  # (B, 320, h, w)
+        skips = [x]
+        for block in self.down_blocks:
+            x, block_skips = block(x, emb, context)
+            skips += block_skips
+
+        x = self.mid_block(x, emb, context)  # (B, 1280, h/8, w/8)
+
+        # Up path: each ResNet pops the latest skip; a level upsamples to the size of the next one.
+        for block in self.up_blocks:
+            x = block(x, emb, context, skips)
+
+        return self.conv_out(self.conv_act(self.conv_norm_out(x)))  # (B, 4, h, w)

@@ -1,0 +1,133 @@
+"""Tiny SD 1.5-shaped components (random weights) shared by the tests, and a saved diffusers folder."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from minsd.tokenizer import build_clip_tokenizer
+from minsd.unet import UNetConfig
+
+# Two tiny UNets of SD 1.5's shape: 4 levels, cross-attention on the first three down / last three up blocks.
+TINY_UNET_CONFIGS = {
+    "tiny-a": UNetConfig(
+        sample_size=8,
+        block_out_channels=(32, 64, 64, 64),
+        layers_per_block=2,
+        num_heads=2,
+        cross_attention_dim=32,
+        norm_num_groups=8,
+    ),
+    "tiny-b": UNetConfig(
+        sample_size=8,
+        block_out_channels=(16, 32, 48, 48),
+        layers_per_block=1,
+        num_heads=4,
+        cross_attention_dim=24,
+        norm_num_groups=4,
+    ),
+}
+
+
+def diffusers_unet(cfg: UNetConfig, seed: int = 0) -> UNet2DConditionModel:
+    """diffusers' UNet2DConditionModel with the same sizes; every weight random (none left at zero)."""
+    torch.manual_seed(seed)
+    levels = len(cfg.block_out_channels)
+    unet = UNet2DConditionModel(
+        sample_size=cfg.sample_size,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        attention_head_dim=cfg.num_heads,  # the number of heads in SD 1.x configs
+        cross_attention_dim=cfg.cross_attention_dim,
+        norm_num_groups=cfg.norm_num_groups,
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+    )
+    randomize(unet)
+    return unet.eval()
+
+
+def randomize(module: torch.nn.Module, scale: float = 0.05) -> None:
+    """Add noise to every parameter, so that zero-initialised layers cannot hide a wiring mistake."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * scale)
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    """A 4-level AutoencoderKL: factor 8 and 4 latent channels, like SD 1.5's."""
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+    return vae.eval()
+
+
+TINY_MERGES = [("r", "e"), ("re", "d</w>"), ("c", "i"), ("ci", "r"), ("a", "t</w>"), ("b", "l"), ("u", "e</w>")]
+
+
+def tiny_tokenizer(max_length: int = 77):
+    return build_clip_tokenizer(TINY_MERGES, model_max_length=max_length)
+
+
+def tiny_text_encoder(cross_attention_dim: int, seed: int = 0) -> CLIPTextModel:
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(tiny_tokenizer()),
+        hidden_size=cross_attention_dim,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=77,
+        bos_token_id=len(tiny_tokenizer()) - 2,
+        eos_token_id=len(tiny_tokenizer()) - 1,
+        hidden_act="quick_gelu",
+    )
+    return CLIPTextModel(config).eval()
+
+
+def euler_scheduler(spacing: str = "linspace", **kwargs) -> EulerDiscreteScheduler:
+    """diffusers' Euler scheduler on SD 1.5's training schedule, the spacing pinned explicitly."""
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing=spacing,
+        **kwargs,
+    )
+
+
+def diffusers_pipeline(cfg: UNetConfig = TINY_UNET_CONFIGS["tiny-a"]) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(
+        vae=tiny_vae(),
+        text_encoder=tiny_text_encoder(cfg.cross_attention_dim),
+        tokenizer=tiny_tokenizer(),
+        unet=diffusers_unet(cfg),
+        scheduler=euler_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_reference() -> StableDiffusionPipeline:
+    """A tiny diffusers text-to-image pipeline (random weights), the reference for minsd's."""
+    return diffusers_pipeline()
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, tiny_reference):
+    """The tiny reference pipeline, saved in diffusers' folder format with safetensors."""
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    tiny_reference.save_pretrained(folder, safe_serialization=True)
+    return folder

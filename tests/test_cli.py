@@ -1,0 +1,57 @@
+"""The command line, run as a user runs it."""
+
+import os
+import subprocess
+import sys
+
+from PIL import Image
+
+
+def run_cli(*args, env_extra=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "minsd", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_cli_writes_images(tiny_folder, tmp_path):
+    out = tmp_path / "out" / "cat.png"
+    result = run_cli(
+        "a red circle",
+        "--steps",
+        "3",
+        "--seed",
+        "1",
+        "--guidance",
+        "5",
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--num-images",
+        "2",
+        "--negative",
+        "blue",
+        "--weights",
+        str(tiny_folder),
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    paths = [tmp_path / "out" / "cat_0.png", tmp_path / "out" / "cat_1.png"]
+    assert result.stdout.split() == [str(p) for p in paths]
+    assert all(Image.open(p).size == (48, 32) for p in paths)
+    assert f"minsd: {tiny_folder} on cpu (float32)" in result.stderr
+    assert "Euler: 100%" in result.stderr  # the progress bar
+
+
+def test_cli_reports_bad_input_in_one_line(tiny_folder, tmp_path):
+    result = run_cli("a red circle", "--height", "100", "--weights", str(tiny_folder), "--out", str(tmp_path / "x.png"))
+    assert result.returncode == 2
+    assert "minsd: error: height must be a positive multiple of 8" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_without_weights_offline_says_how_to_get_them(tmp_path):
+    result = run_cli("a red circle", "--weights", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png"))
+    assert result.returncode == 2
+    assert "is not a local folder, and it could not be downloaded" in result.stderr

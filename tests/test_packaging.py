@@ -1,0 +1,42 @@
+"""environment.yml installs what pyproject.toml and .ci/setup install."""
+
+import re
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pip_section(text: str) -> list[str]:
+    lines = text.split("- pip:", 1)[1].splitlines()
+    return [line.strip()[2:].strip() for line in lines if line.strip().startswith("- ")]
+
+
+def test_environment_installs_the_package_with_every_extra():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = set(pyproject["project"]["optional-dependencies"])
+    entries = pip_section((ROOT / "environment.yml").read_text())
+    editable = [e for e in entries if e.startswith("-e .[")]
+    assert len(editable) == 1, entries
+    assert set(editable[0][len("-e .[") : -1].split(",")) == extras
+
+
+def test_environment_pins_the_same_torch_as_setup():
+    entries = pip_section((ROOT / "environment.yml").read_text())
+    setup = (ROOT / ".ci" / "setup").read_text()
+    pin = re.search(r"MINSD_TORCH:-(torch==[\d.]+)", setup).group(1)
+    assert pin in entries
+
+
+def test_environment_python_is_allowed_by_pyproject():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    minimum = re.match(r">=(\d+)\.(\d+)", pyproject["project"]["requires-python"]).groups()
+    python = re.search(r"- python=(\d+)\.(\d+)", (ROOT / "environment.yml").read_text()).groups()
+    assert tuple(map(int, python)) >= tuple(map(int, minimum))
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert command in readme

@@ -1,0 +1,118 @@
+"""minsd's text-to-image pipeline against diffusers' StableDiffusionPipeline on the same tiny components."""
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from minsd import load_pipeline
+from minsd.preview import latents_to_rgb
+
+SIZE = dict(height=64, width=64)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_folder):
+    return load_pipeline(tiny_folder, device="cpu")
+
+
+def reference_images(reference, prompt, negative=None, steps=6, guidance=7.5, seed=0, num_images=1, spacing="linspace"):
+    reference.scheduler.register_to_config(timestep_spacing=spacing)  # pinned: the SD 1.5 repo's config says nothing
+    out = reference(
+        prompt,
+        negative_prompt=negative,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        output_type="np",
+        generator=torch.Generator("cpu").manual_seed(seed),
+        num_images_per_prompt=num_images,
+        **SIZE,
+    )
+    return torch.from_numpy(out.images).permute(0, 3, 1, 2)  # (B, 3, H, W) in [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "negative", "num_images", "steps", "spacing"),
+    [
+        ("a red circle", None, 1, 6, "linspace"),
+        ("a red circle", "blue", 1, 6, "linspace"),
+        (["a red circle", "a blue cat"], ["blue", "red"], 2, 4, "linspace"),  # batch 4: 2 prompts x 2 images
+        ("a blue cat", None, 2, 5, "trailing"),
+    ],
+)
+def test_same_images_as_diffusers(pipe, tiny_reference, prompt, negative, num_images, steps, spacing):
+    expected = reference_images(tiny_reference, prompt, negative, steps, num_images=num_images, spacing=spacing)
+    result = pipe(prompt, negative, steps=steps, num_images=num_images, spacing=spacing, progress=False, **SIZE)
+    assert result.pixels.shape == expected.shape
+    assert_close(result.pixels, expected, rtol=0, atol=2e-5)
+    # The comparison can fail: another seed gives a visibly different image.
+    other = pipe(prompt, negative, steps=steps, num_images=num_images, spacing=spacing, seed=1, progress=False, **SIZE)
+    assert (other.pixels - expected).abs().max() > 1e-2
+
+
+def test_guidance_one_is_the_conditional_model(pipe, tiny_reference):
+    expected = reference_images(tiny_reference, "a red circle", guidance=1.0, steps=4)
+    result = pipe("a red circle", guidance=1.0, steps=4, progress=False, **SIZE)
+    assert_close(result.pixels, expected, rtol=0, atol=2e-5)
+
+
+def test_same_seed_same_image_and_pil_output(pipe):
+    first = pipe("a red circle", steps=3, seed=7, progress=False, **SIZE)
+    second = pipe("a red circle", steps=3, seed=7, progress=False, **SIZE)
+    assert torch.equal(first.pixels, second.pixels)
+    image = first.images[0]
+    assert image.size == (64, 64) and image.mode == "RGB"
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1) / 255  # (3, H, W)
+    assert_close(pixels, first.pixels[0], rtol=0, atol=0.5 / 255 + 1e-6)  # rounded to 8 bits
+
+
+def test_default_size_is_the_models(pipe):
+    assert pipe.default_size == pipe.unet.config.sample_size * 8
+
+
+def test_steps_are_returned_for_plotting(pipe):
+    result = pipe("a red circle", steps=5, return_steps=True, progress=False, **SIZE)
+    assert [s["i"] for s in result.steps] == list(range(5))
+    assert all(s["x"].shape == s["denoised"].shape == (1, 4, 8, 8) for s in result.steps)
+    assert_close(torch.stack([s["sigma"] for s in result.steps]), result.sigmas[:-1].float())
+    assert result.steps[0]["x"].std() > 5  # x_0 is noise at sigma_max = 14.6
+    preview = latents_to_rgb(result.steps[-1]["denoised"])
+    assert preview.shape == (1, 3, 8, 8) and 0 <= preview.min() and preview.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(height=60), ValueError, r"height must be a positive multiple of 8 .* got 60; try 56 or 64"),
+        (dict(width=0), ValueError, r"width must be a positive multiple of 8 .* got 0"),
+        (dict(steps=0), ValueError, r"the number of sampling steps must be a positive integer, got 0"),
+        (dict(num_images=0), ValueError, r"num_images must be a positive integer, got 0"),
+        (dict(spacing="cosine"), ValueError, r"unknown spacing 'cosine'; expected one of linspace, leading"),
+        (dict(sampler="dpm"), ValueError, r"unknown sampler 'dpm'"),
+        (dict(negative_prompt=["a", "b"]), ValueError, r"got 2 negative prompts for 1 prompts"),
+        (dict(prompt=None), TypeError, r"prompt must be a string"),
+    ],
+)
+def test_bad_inputs_are_refused(pipe, kwargs, error, message):
+    args = dict(prompt="a red circle", steps=2, progress=False, **SIZE)
+    args.update(kwargs)
+    with pytest.raises(error, match=message):
+        pipe(**args)
+
+
+def test_long_prompt_warns(pipe):
+    with pytest.warns(UserWarning, match=r"prompt has \d+ tokens, more than the text encoder's 77"):
+        pipe("red " * 100, steps=1, progress=False, **SIZE)
+
+
+def test_nan_is_reported_not_returned(pipe):
+    unet = pipe.unet
+    original = unet.conv_out.bias.clone()
+    try:
+        with torch.no_grad():
+            unet.conv_out.bias.fill_(float("nan"))
+        with pytest.raises(FloatingPointError, match="sampling produced NaN/inf latents"):
+            pipe("a red circle", steps=2, progress=False, **SIZE)
+    finally:
+        with torch.no_grad():
+            unet.conv_out.bias.copy_(original)
