@@ -20,7 +20,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-images", type=int, default=1, help="images for the prompt (default 1)")
     parser.add_argument("--spacing", choices=SPACINGS, default="linspace", help="noise schedule (default linspace)")
     parser.add_argument("--sampler", choices=("euler", "heun"), default="euler", help="ODE solver (default euler)")
-    parser.add_argument("--weights", default=None, help="diffusers-format folder or hub id (default: $MINSD_WEIGHTS)")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="SD 1.5 folder or hub id (default: $MINSD_WEIGHTS, else the built-in shapes model)",
+    )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     parser.add_argument("--out", type=Path, default=Path("image.png"), help="output PNG; several images get _0, _1")
     return parser.parse_args(argv)

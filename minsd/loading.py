@@ -8,6 +8,7 @@ nothing is ever unpickled.
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from .pipeline import StableDiffusion, default_device, default_dtype
 from .unet import UNet, UNetConfig
 
 DEFAULT_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_MODEL = Path(__file__).parent / "default_model"  # the tiny shapes model minsd ships (see train.py)
 WEIGHTS_ENV = "MINSD_WEIGHTS"
 UNET_WEIGHTS = "diffusion_pytorch_model{variant}.safetensors"
 TEXT_ENCODER_WEIGHTS = "model{variant}.safetensors"
@@ -38,7 +40,8 @@ def load_pipeline(
 ) -> StableDiffusion:
     """Load SD 1.5 from a local diffusers folder or a hub id.
 
-    weights: a folder, a hub id, or None for $MINSD_WEIGHTS, else the SD 1.5 hub repository.
+    weights: a folder, a hub id, or None for $MINSD_WEIGHTS; with neither, minsd's own tiny default
+    model (coloured shapes, 32 x 32; see `minsd/train.py`), with a one-line notice.
     device / dtype: default to CUDA in fp16 when present, else the CPU in fp32.
     """
     from diffusers import AutoencoderKL
@@ -46,7 +49,14 @@ def load_pipeline(
 
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
-    weights = weights or os.environ.get(WEIGHTS_ENV) or DEFAULT_HUB_ID
+    weights = weights or os.environ.get(WEIGHTS_ENV)
+    if not weights:
+        print(
+            f"minsd: no SD 1.5 weights configured ({WEIGHTS_ENV} or --weights); using the default model, "
+            "a tiny SD trained on coloured shapes",
+            file=sys.stderr,
+        )
+        weights = DEFAULT_MODEL
     folder = resolve_folder(weights, fp16=dtype == torch.float16)
     check_layout(folder)
 
@@ -60,9 +70,8 @@ def load_pipeline(
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     alphas_cumprod = load_alphas_cumprod(folder / "scheduler" / "scheduler_config.json")
     preview_factors = load_preview_factors(folder)
-    return StableDiffusion(
-        unet, vae, text_encoder, tokenizer, alphas_cumprod, device, dtype, str(weights), preview_factors
-    )
+    name = "minsd default (shapes)" if Path(weights) == DEFAULT_MODEL else str(weights)
+    return StableDiffusion(unet, vae, text_encoder, tokenizer, alphas_cumprod, device, dtype, name, preview_factors)
 
 
 def resolve_folder(weights: str | os.PathLike, fp16: bool = False) -> Path:
@@ -142,6 +151,24 @@ def unet_config_from_diffusers(config: dict, source: str = "unet/config.json") -
         cross_attention_dim=config.get("cross_attention_dim", 768),
         norm_num_groups=config.get("norm_num_groups", 32),
     )
+
+
+def diffusers_unet_config(cfg: UNetConfig) -> dict:
+    """The diffusers UNet2DConditionModel config of a minsd UNetConfig (the inverse of the above)."""
+    levels = len(cfg.block_out_channels)
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "sample_size": cfg.sample_size,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "block_out_channels": list(cfg.block_out_channels),
+        "layers_per_block": cfg.layers_per_block,
+        "attention_head_dim": cfg.num_heads,
+        "cross_attention_dim": cfg.cross_attention_dim,
+        "norm_num_groups": cfg.norm_num_groups,
+        "down_block_types": ["CrossAttnDownBlock2D"] * (levels - 1) + ["DownBlock2D"],
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (levels - 1),
+    }
 
 
 def load_unet(folder: Path, variant: str | None = None) -> UNet:

@@ -75,11 +75,11 @@ def get_sigmas(sigma_table: torch.Tensor, num_steps: int, spacing: Spacing = "li
     spacing: 'linspace', 'leading' or 'trailing' timesteps, or 'karras' (rho = 7 between the
     table's sigma_min and sigma_max).
     """
+    table = sigma_table.detach().cpu().to(torch.float64)  # schedules are tiny: built on the CPU
     if spacing == "karras":
-        table = sigma_table.to(torch.float64)
         sigmas = karras_sigmas(num_steps, table[0].item(), table[-1].item())
     else:
-        sigmas = t_to_sigma(spaced_timesteps(num_steps, spacing, len(sigma_table)), sigma_table)
+        sigmas = t_to_sigma(spaced_timesteps(num_steps, spacing, len(table)), table)
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 

@@ -8,7 +8,11 @@ from transformers import CLIPTokenizer
 
 
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from the 256 byte values to printable unicode characters."""
+    """GPT-2's reversible map from the 256 byte values to printable unicode characters.
+
+    Printable bytes map to themselves and come first; the rest follow, shifted past 255. This
+    order is the order of CLIP's vocabulary: "a" is entry 64, "a</w>" entry 256 + 64 = 320.
+    """
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     printable += list(range(ord("®"), ord("ÿ") + 1))
     chars = {b: chr(b) for b in printable}
@@ -17,7 +21,7 @@ def bytes_to_unicode() -> dict[int, str]:
         if b not in chars:  # control characters and spaces move past the byte range
             chars[b] = chr(256 + extra)
             extra += 1
-    return dict(sorted(chars.items()))
+    return chars
 
 
 def build_clip_tokenizer(merges: list[tuple[str, str]], model_max_length: int = 77) -> CLIPTokenizer:

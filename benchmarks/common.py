@@ -1,0 +1,108 @@
+"""Shared pieces of the benchmarks: SD 1.5-sized components with random weights, timers, a table."""
+
+import statistics
+import time
+
+import torch
+
+from minsd.unet import UNet, UNetConfig
+
+TINY = UNetConfig(
+    sample_size=8, block_out_channels=(32, 64, 64, 64), num_heads=2, cross_attention_dim=32, norm_num_groups=8
+)
+
+
+def diffusers_unet_of(cfg: UNetConfig):
+    from diffusers import UNet2DConditionModel
+
+    levels = len(cfg.block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=cfg.sample_size,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        attention_head_dim=cfg.num_heads,
+        cross_attention_dim=cfg.cross_attention_dim,
+        norm_num_groups=cfg.norm_num_groups,
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+    )
+
+
+def unet_pair(cfg: UNetConfig, device, dtype):
+    """diffusers' UNet with random weights and minsd's UNet holding the very same tensors' values."""
+    torch.manual_seed(0)
+    reference = diffusers_unet_of(cfg).to(device, dtype).eval()
+    with torch.device("meta"):
+        unet = UNet(cfg)
+    unet.load_state_dict({k: v.clone() for k, v in reference.state_dict().items()}, strict=True, assign=True)
+    return reference, unet.eval()
+
+
+def text_encoder_and_vae(tiny: bool):
+    """CLIP ViT-L/14's text tower and SD's VAE at full size (random weights), or tiny stand-ins."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    if tiny:
+        text = CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(8, 16, 16, 16),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            norm_num_groups=4,
+            layers_per_block=1,
+        )
+    else:
+        text = CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            sample_size=512,
+        )
+    return CLIPTextModel(text).eval(), vae.eval()
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def alternate(fns: dict, repeats: int, device) -> dict:
+    """Run each function once per round, alternating, and return each one's median seconds."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda row: "| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])

@@ -1,0 +1,140 @@
+"""Seconds per image and it/s: diffusers vs minsd (eager and compiled) on identical random SD 1.5 weights.
+
+    python benchmarks/gpu.py            # CUDA: 512 x 512, 20 steps, batch 1 with guidance, fp16
+    python benchmarks/gpu.py --smoke    # any machine: a tiny config, to check that the script runs
+
+it/s counts UNet evaluations of the denoising loop (each a batch of 2 with guidance), measured as
+(steps - 1) / (t(steps) - t(1 step)), so text encoding and VAE decoding cancel out. Peak memory is
+the most memory allocated during a generation above what was allocated before it, plus the weights.
+"""
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+from common import TINY, sync, table, text_encoder_and_vae, unet_pair
+
+from minsd.denoiser import scaled_linear_alphas_cumprod
+from minsd.pipeline import StableDiffusion
+from minsd.tokenizer import build_clip_tokenizer
+from minsd.unet import UNetConfig
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny config on the CPU (or the GPU, if present)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-compile", action="store_true")
+    return p.parse_args()
+
+
+def diffusers_pipeline(unet, vae, text_encoder, tokenizer, device, dtype):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="linspace", steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype)
+
+
+def memory_bytes(module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def measure(generate, steps: int, repeats: int, device) -> dict:
+    """Median seconds per image at `steps` and at 1 step; it/s of the loop; peak extra memory."""
+    generate(steps), generate(1)  # warm-up (and, when compiled, the compilation)
+    full, single = [], []
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(repeats):
+        for n, into in ((steps, full), (1, single)):
+            sync(device)
+            start = time.perf_counter()
+            generate(n)
+            sync(device)
+            into.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() - before if device.type == "cuda" else 0
+    t_full, t_single = statistics.median(full), statistics.median(single)
+    return {"s_per_image": t_full, "it_s": (steps - 1) / max(t_full - t_single, 1e-9), "peak_extra": peak}
+
+
+def main():
+    args = parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    cfg = TINY if args.smoke else UNetConfig()
+    size = 64 if args.smoke else args.size
+    steps, repeats = (3, 2) if args.smoke else (args.steps, args.repeats)
+
+    reference_unet, unet = unet_pair(cfg, device, dtype)
+    text_encoder, vae = text_encoder_and_vae(tiny=args.smoke)
+    tokenizer = build_clip_tokenizer([("r", "e"), ("re", "d</w>")])
+    reference = diffusers_pipeline(reference_unet, vae, text_encoder, tokenizer, device, dtype)
+    pipe = StableDiffusion(unet, vae, text_encoder, tokenizer, scaled_linear_alphas_cumprod(), device, dtype, "random")
+    prompt = "a red circle"
+
+    def run_diffusers(n):
+        generator = torch.Generator("cpu").manual_seed(0)
+        return reference(
+            prompt,
+            num_inference_steps=n,
+            guidance_scale=7.5,
+            height=size,
+            width=size,
+            generator=generator,
+            output_type="pt",
+        ).images
+
+    def run_minsd(n):
+        return pipe(prompt, steps=n, guidance=7.5, height=size, width=size, seed=0, progress=False).pixels
+
+    with torch.no_grad():
+        difference = (run_diffusers(steps).float().cpu() - run_minsd(steps)).abs().max().item()
+    results = {}
+    results["diffusers (eager, SDPA)"] = measure(run_diffusers, steps, repeats, device)
+    results["minsd (eager)"] = measure(run_minsd, steps, repeats, device)
+    if not args.no_compile:
+        start = time.perf_counter()
+        pipe.compile()
+        run_minsd(steps)  # compiles
+        compile_seconds = time.perf_counter() - start
+        results["minsd (compiled)"] = measure(run_minsd, steps, repeats, device)
+        results["minsd (compiled)"]["compile_s"] = compile_seconds
+
+    weights = memory_bytes(reference_unet) + memory_bytes(vae) + memory_bytes(text_encoder)
+    base = results["diffusers (eager, SDPA)"]
+    rows = []
+    for name, r in results.items():
+        peak = f"{(r['peak_extra'] + weights) / 2**30:.2f}" if device.type == "cuda" else "-"
+        rows.append([name, f"{r['s_per_image']:.3f}", f"{r['it_s']:.1f}", f"{r['it_s'] / base['it_s']:.2f}", peak])
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    print(
+        f"device: {gpu}; torch {torch.__version__}; {str(dtype).removeprefix('torch.')}; "
+        f"{size} x {size}, {steps} steps, batch 1 with guidance (UNet batch 2)"
+    )
+    print(f"max |minsd - diffusers| pixel difference after {steps} steps: {difference:.2e}")
+    if "minsd (compiled)" in results:
+        print(f"minsd compile + first run: {results['minsd (compiled)']['compile_s']:.1f} s")
+    print(table(rows, ["pipeline", "s / image", "it/s", "it/s vs diffusers", "peak GiB"]))
+
+
+if __name__ == "__main__":
+    main()

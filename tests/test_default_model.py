@@ -1,0 +1,142 @@
+"""The shipped default model: prompt following, VAE quality, determinism, the real CLIP tokenizer."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from shape_classifier import classify
+from torch.testing import assert_close
+
+from minsd import load_pipeline
+from minsd.loading import DEFAULT_MODEL, WEIGHTS_ENV
+from minsd.shapes import BACKGROUNDS, COLOURS, SHAPES, all_captions, make_dataset
+
+# Measured on the shipped model (72 prompts, 20 Euler steps, seed 0, this CPU):
+# guidance 7.5: colour 100.0 %, shape 97.2 %; guidance 1.0: colour 86.1 %, shape 93.1 %.
+MEASURED = {7.5: {"colour": 1.000, "shape": 0.972}, 1.0: {"colour": 0.861, "shape": 0.931}}
+MARGIN = 0.05
+PROMPTS = all_captions() * 3  # 72 prompts: every shape, colour and background, 3 images each
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    assert WEIGHTS_ENV not in os.environ, f"unset {WEIGHTS_ENV}: these tests are about the default model"
+    return load_pipeline(device="cpu")
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    return (pixels.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # (B, H, W, 3)
+
+
+def accuracy(images: np.ndarray, prompts: list[str]) -> dict:
+    hits = {"colour": 0, "shape": 0, "background": 0}
+    for image, prompt in zip(images, prompts):
+        _, colour, shape, _, _, background, _ = prompt.split()
+        found = classify(image)
+        hits["colour"] += found["colour"] == colour
+        hits["shape"] += found["shape"] == shape
+        hits["background"] += found["background"] == background
+    return {k: v / len(prompts) for k, v in hits.items()}
+
+
+def test_classifier_is_right_on_real_images():
+    images, scenes = make_dataset(300, seed=2024)
+    scores = accuracy(images, [s.caption for s in scenes])
+    assert scores == {"colour": 1.0, "shape": 1.0, "background": 1.0}
+
+
+def test_the_default_is_announced(capsys, pipe):
+    load_pipeline(device="cpu")
+    assert (
+        "no SD 1.5 weights configured (MINSD_WEIGHTS or --weights); using the default model" in capsys.readouterr().err
+    )
+    assert pipe.name == "minsd default (shapes)" and pipe.default_size == 32
+
+
+@pytest.fixture(scope="module")
+def sampled(pipe):
+    return {g: to_uint8(pipe(PROMPTS, steps=20, guidance=g, seed=0, progress=False).pixels) for g in MEASURED}
+
+
+@pytest.mark.parametrize("guidance", sorted(MEASURED))
+def test_prompt_following(sampled, guidance):
+    scores = accuracy(sampled[guidance], PROMPTS)
+    for what in ("colour", "shape"):
+        floor = {"colour": 0.70, "shape": 0.65}[what] if guidance == 7.5 else 0.0
+        assert scores[what] >= max(MEASURED[guidance][what] - MARGIN, floor), scores
+    assert scores["background"] >= 0.95
+
+
+def test_guidance_improves_colour_by_ten_points(sampled):
+    guided, unguided = accuracy(sampled[7.5], PROMPTS), accuracy(sampled[1.0], PROMPTS)
+    assert guided["colour"] - unguided["colour"] >= 0.10
+
+
+def test_covers_every_colour_and_shape():
+    words = {w for p in PROMPTS for w in p.split()}
+    assert set(COLOURS) | set(SHAPES) | set(BACKGROUNDS) <= words and len(PROMPTS) >= 60
+
+
+def test_vae_reconstructs_held_out_images(pipe):
+    """PSNR >= 28 dB and reconstructions still classified by colour >= 95% (measured: 40.9 dB)."""
+    images, scenes = make_dataset(256, seed=99)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, 32, 32) in [-1, 1]
+    with torch.no_grad():
+        latents = pipe.vae.encode(x).latent_dist.mode() * pipe.vae.config.scaling_factor
+        pixels = pipe.decode(latents)  # [0, 1]
+    mse = torch.mean((pixels * 2 - 1 - x) ** 2)
+    psnr = 10 * torch.log10(4 / mse).item()
+    assert psnr >= 28, psnr
+    scores = accuracy(to_uint8(pixels), [s.caption for s in scenes])
+    assert scores["colour"] >= 0.95 and scores["shape"] >= 0.95, scores
+
+
+def test_diffusers_pipeline_draws_the_same_images():
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    reference = StableDiffusionPipeline.from_pretrained(
+        DEFAULT_MODEL, safety_checker=None, requires_safety_checker=False
+    )
+    reference.scheduler = EulerDiscreteScheduler.from_config(reference.scheduler.config, timestep_spacing="linspace")
+    reference.set_progress_bar_config(disable=True)
+    prompts = ["a red circle on a black background", "a green triangle on a white background"]
+    expected = reference(
+        prompts,
+        num_inference_steps=20,
+        guidance_scale=7.5,
+        output_type="pt",
+        generator=torch.Generator("cpu").manual_seed(3),
+    ).images
+    ours = load_pipeline(DEFAULT_MODEL, device="cpu")(prompts, steps=20, guidance=7.5, seed=3, progress=False)
+    assert_close(ours.pixels, expected, rtol=0, atol=1e-4)
+
+
+def test_real_clip_tokenizer(pipe):
+    """FACTS: OpenAI's BPE gives these ids; the default model ships the full 49,408-token vocabulary."""
+    assert len(pipe.tokenizer) == 49408
+    ids = pipe.tokenizer("a photograph of an astronaut riding a horse").input_ids
+    assert ids == [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]
+
+
+def pixels_digest() -> str:
+    script = (
+        "import hashlib, minsd; p = minsd.load_pipeline(device='cpu');"
+        "r = p('a yellow square on a black background', steps=20, seed=5, progress=False);"
+        "print(hashlib.sha256(r.pixels.numpy().tobytes()).hexdigest())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != WEIGHTS_ENV}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_same_seed_same_image_across_processes(pipe):
+    first = pipe("a yellow square on a black background", steps=20, seed=5, progress=False)
+    second = pipe("a yellow square on a black background", steps=20, seed=5, progress=False)
+    assert torch.equal(first.pixels, second.pixels)
+    digest = hashlib.sha256(first.pixels.numpy().tobytes()).hexdigest()
+    assert pixels_digest() == digest == pixels_digest()

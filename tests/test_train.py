@@ -1,0 +1,43 @@
+"""The training command runs end to end (a few steps) and writes a folder minsd loads."""
+
+import gzip
+import json
+
+import torch
+from conftest import TINY_MERGES
+
+from minsd import load_pipeline
+from minsd.train import main as train
+
+
+def test_training_smoke(tmp_path):
+    merges = tmp_path / "bpe.txt.gz"  # CLIP's file format: a version line, then one merge per line
+    merges.write_bytes(gzip.compress(("#version: 0.2\n" + "\n".join(" ".join(m) for m in TINY_MERGES)).encode()))
+    out = tmp_path / "model"
+    common = ["--train-images", "64", "--unet-batch", "4", "--device", "cpu"]
+    train(
+        [
+            "--out",
+            str(out),
+            "--merges",
+            str(merges),
+            "--vae-steps",
+            "2",
+            "--vae-batch",
+            "4",
+            "--unet-steps",
+            "2",
+            *common,
+        ]
+    )
+    record = json.loads((out / "training.json").read_text())
+    assert record["vae_steps"] == 2 and record["unet_steps"] == 2
+    assert len(json.loads((out / "vae" / "preview_factors.json").read_text())) == 4  # (4, 3) latent -> RGB
+
+    train(["--out", str(tmp_path / "resumed"), "--resume", str(out), "--unet-steps", "3", "--unet-stop", "2", *common])
+    resumed = json.loads((tmp_path / "resumed" / "training.json").read_text())
+    assert resumed["unet_steps"] == 2 and resumed["resumed_from"]["unet_steps"] == 2
+
+    pipe = load_pipeline(tmp_path / "resumed", device="cpu")
+    result = pipe("a red circle", steps=2, progress=False)
+    assert result.pixels.shape == (1, 3, 32, 32) and torch.isfinite(result.pixels).all()
