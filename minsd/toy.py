@@ -1,0 +1,65 @@
+"""A 2D Gaussian mixture whose denoiser D(x; sigma) is known exactly: the book's toy data.
+
+Data: p_0 = sum_k pi_k N(mu_k, s_k^2 I). Adding noise of level sigma blurs each component:
+
+    p(x; sigma) = sum_k pi_k N(x; mu_k, (s_k^2 + sigma^2) I).
+
+The ideal denoiser is the posterior mean E[x_0 | x], a posterior-weighted average of each
+component's own (Gaussian) posterior mean:
+
+    D(x; sigma) = sum_k w_k(x) (mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k)),
+    w_k(x) = pi_k N(x; mu_k, (s_k^2 + sigma^2) I) / p(x; sigma),
+
+and the score is grad log p(x; sigma) = (D(x; sigma) - x) / sigma^2 (Karras et al. 2022, eq. 3).
+Everything works on (N, 2) tensors, so minsd's samplers run on it unchanged.
+"""
+
+import math
+
+import torch
+
+
+class GaussianMixture:
+    def __init__(self, means, stds, weights=None):
+        self.means = torch.as_tensor(means, dtype=torch.float64)  # (K, 2)
+        self.stds = torch.as_tensor(stds, dtype=torch.float64)  # (K,)
+        k = len(self.means)
+        self.weights = torch.full((k,), 1 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights)
+
+    def _log_joint(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """log pi_k + log N(x; mu_k, (s_k^2 + sigma^2) I) for every component: (N, K)."""
+        var = self.stds**2 + torch.as_tensor(sigma, dtype=torch.float64) ** 2  # (K,)
+        sq = ((x.double()[:, None, :] - self.means[None]) ** 2).sum(-1)  # (N, K)
+        return self.weights.log() - sq / (2 * var) - torch.log(2 * math.pi * var)
+
+    def log_density(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """log p(x; sigma): (N, 2) -> (N,)."""
+        return torch.logsumexp(self._log_joint(x, sigma), dim=1)
+
+    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """The exact D(x; sigma) = E[x_0 | x]: (N, 2) -> (N, 2), in x's dtype."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        w = torch.softmax(self._log_joint(x, sigma), dim=1)  # (N, K) posterior over components
+        shrink = self.stds**2 / (self.stds**2 + sigma**2)  # (K,)
+        xd = x.double()
+        per_component = self.means[None] + shrink[None, :, None] * (xd[:, None, :] - self.means[None])  # (N, K, 2)
+        return (w[:, :, None] * per_component).sum(1).to(x.dtype)
+
+    __call__ = denoise  # a denoiser(x, sigma), as the samplers expect
+
+    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """grad log p(x; sigma) = (D(x; sigma) - x) / sigma^2."""
+        return (self.denoise(x, sigma) - x) / torch.as_tensor(sigma, dtype=x.dtype) ** 2
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples of the data, p_0: (n, 2) float64."""
+        k = torch.multinomial(self.weights.float(), n, replacement=True, generator=generator)
+        noise = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+        return self.means[k] + self.stds[k, None] * noise
+
+
+def example_mixture() -> GaussianMixture:
+    """The book's running example: three blobs of different sizes and weights."""
+    return GaussianMixture(
+        means=[[-2.0, -1.0], [2.0, -1.0], [0.0, 2.0]], stds=[0.3, 0.5, 0.2], weights=[0.5, 0.3, 0.2]
+    )
