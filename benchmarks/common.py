@@ -5,6 +5,7 @@ import time
 
 import torch
 
+from minsd.loading import diffusers_unet_config
 from minsd.unet import UNet, UNetConfig
 
 TINY = UNetConfig(
@@ -15,17 +16,7 @@ TINY = UNetConfig(
 def diffusers_unet_of(cfg: UNetConfig):
     from diffusers import UNet2DConditionModel
 
-    levels = len(cfg.block_out_channels)
-    return UNet2DConditionModel(
-        sample_size=cfg.sample_size,
-        block_out_channels=cfg.block_out_channels,
-        layers_per_block=cfg.layers_per_block,
-        attention_head_dim=cfg.num_heads,
-        cross_attention_dim=cfg.cross_attention_dim,
-        norm_num_groups=cfg.norm_num_groups,
-        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
-    )
+    return UNet2DConditionModel.from_config(diffusers_unet_config(cfg))
 
 
 def unet_pair(cfg: UNetConfig, device, dtype):

@@ -5,6 +5,7 @@ import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from minsd.loading import diffusers_unet_config
 from minsd.tokenizer import build_clip_tokenizer
 from minsd.unet import UNetConfig
 
@@ -32,19 +33,7 @@ TINY_UNET_CONFIGS = {
 def diffusers_unet(cfg: UNetConfig, seed: int = 0) -> UNet2DConditionModel:
     """diffusers' UNet2DConditionModel with the same sizes; every weight random (none left at zero)."""
     torch.manual_seed(seed)
-    levels = len(cfg.block_out_channels)
-    unet = UNet2DConditionModel(
-        sample_size=cfg.sample_size,
-        in_channels=cfg.in_channels,
-        out_channels=cfg.out_channels,
-        block_out_channels=cfg.block_out_channels,
-        layers_per_block=cfg.layers_per_block,
-        attention_head_dim=cfg.num_heads,  # the number of heads in SD 1.x configs
-        cross_attention_dim=cfg.cross_attention_dim,
-        norm_num_groups=cfg.norm_num_groups,
-        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
-    )
+    unet = UNet2DConditionModel.from_config(diffusers_unet_config(cfg))
     randomize(unet)
     return unet.eval()
 

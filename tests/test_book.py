@@ -1,0 +1,117 @@
+"""The book, built strictly (every notebook executed) and opened page by page in headless Chromium.
+
+Asserts that the build succeeds with no warnings, that no local resource of any page fails to
+load, that every figure is present and drawn, and that each player's "next frame" button changes
+its frame. Screenshots of every page are kept in tests/output/book/ (not in git).
+"""
+
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = ROOT / "tests" / "output" / "book"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("book")
+    command = [
+        str(Path(sys.executable).parent / "jupyter-book"),
+        "build",
+        str(ROOT),
+        "--path-output",
+        str(out),
+        "--all",
+        "-W",
+        "-n",
+        "--keep-going",
+    ]
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return out / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def server(book):
+    handler = functools.partial(QuietHandler, directory=str(book))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def pages(book: Path) -> list[str]:
+    toc = (ROOT / "_toc.yml").read_text().split()
+    files = [t for t in toc if t.startswith(("book/", "notebooks/"))]
+    return [f"{f}.html" for f in files]
+
+
+@pytest.mark.slow
+def test_book_in_a_browser(book, server):
+    if CHROMIUM is None:
+        pytest.fail("no Chromium: install it (apt-get install chromium), as .ci/setup does")
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    problems, players_seen = [], 0
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        failed = []
+        page.on("requestfailed", lambda r: failed.append(r.url) if r.url.startswith(server) else None)
+        page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        # Nothing outside this machine: block remote requests instead of waiting for them.
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server) else route.abort())
+        for name in pages(book):
+            failed.clear()
+            page.goto(f"{server}/{name}", wait_until="load")
+            page.wait_for_timeout(500)
+            if failed:
+                problems.append(f"{name}: failed to load {failed}")
+            # Every image is present and decoded (naturalWidth > 0).
+            broken = page.eval_on_selector_all(
+                "img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80))"
+            )
+            if broken:
+                problems.append(f"{name}: broken images {broken}")
+            if name.startswith("notebooks/") and page.locator("main img").count() == 0:
+                problems.append(f"{name}: a chapter without a single figure")
+            # Players (matplotlib's to_jshtml): 'next frame' must change the frame.
+            for player in page.locator("div.animation").all():
+                players_seen += 1
+                image = player.locator("img").first
+                before = image.get_attribute("src")
+                player.locator("button[title='Next frame']").first.click()
+                page.wait_for_timeout(100)
+                if image.get_attribute("src") == before:
+                    problems.append(f"{name}: a player's next-frame button did not change its frame")
+            page.screenshot(
+                path=str(SCREENSHOTS / (name.replace("/", "_").removesuffix(".html") + ".png")), full_page=True
+            )
+        browser.close()
+    assert not problems, "\n".join(problems)
+    assert players_seen >= 6  # the sliders of chapters 2-9, drawn in advance
