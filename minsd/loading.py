@@ -9,6 +9,7 @@ nothing is ever unpickled.
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -63,15 +64,34 @@ def load_pipeline(
     has_fp16_files = (folder / "unet" / UNET_WEIGHTS.format(variant=".fp16")).is_file()
     variant = "fp16" if dtype == torch.float16 and has_fp16_files else None
     unet = load_unet(folder / "unet", variant)
-    vae = AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=True, variant=variant, torch_dtype=dtype)
-    text_encoder = CLIPTextModel.from_pretrained(
-        folder / "text_encoder", use_safetensors=True, variant=variant, dtype=dtype
-    )
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    with quiet_progress_bars():
+        vae = AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=True, variant=variant, torch_dtype=dtype)
+        text_encoder = CLIPTextModel.from_pretrained(
+            folder / "text_encoder", use_safetensors=True, variant=variant, dtype=dtype
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     alphas_cumprod = load_alphas_cumprod(folder / "scheduler" / "scheduler_config.json")
     preview_factors = load_preview_factors(folder)
     name = "minsd default (shapes)" if Path(weights) == DEFAULT_MODEL else str(weights)
     return StableDiffusion(unet, vae, text_encoder, tokenizer, alphas_cumprod, device, dtype, name, preview_factors)
+
+
+@contextmanager
+def quiet_progress_bars():
+    """Silence transformers' and diffusers' "Loading weights" bars (in a notebook they land on the page)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled(), diffusers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled[0]:
+            transformers_logging.enable_progress_bar()
+        if enabled[1]:
+            diffusers_logging.enable_progress_bar()
 
 
 def resolve_folder(weights: str | os.PathLike, fp16: bool = False) -> Path:
