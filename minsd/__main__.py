@@ -19,7 +19,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=None, help="pixels, a multiple of 8 (default: the model's)")
     parser.add_argument("--num-images", type=int, default=1, help="images for the prompt (default 1)")
     parser.add_argument("--spacing", choices=SPACINGS, default="linspace", help="noise schedule (default linspace)")
-    parser.add_argument("--sampler", choices=("euler", "heun"), default="euler", help="ODE solver (default euler)")
+    parser.add_argument(
+        "--sampler", choices=("euler", "heun", "euler_ancestral"), default="euler", help="solver (default euler)"
+    )
     parser.add_argument(
         "--weights",
         default=None,

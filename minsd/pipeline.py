@@ -12,9 +12,10 @@ from PIL import Image
 from torch import nn
 
 from .denoiser import Denoiser
-from .scheduler import SPACINGS, check_num_steps, get_sigmas, sample_euler, sample_heun
+from .scheduler import SPACINGS, check_num_steps, get_sigmas, sample_euler, sample_euler_ancestral, sample_heun
 
-SAMPLERS = {"euler": sample_euler, "heun": sample_heun}
+SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "euler_ancestral": sample_euler_ancestral}
+STOCHASTIC = {"euler_ancestral"}  # these draw fresh noise at every step, from the seeded generator
 
 
 def default_device() -> torch.device:
@@ -183,7 +184,8 @@ class StableDiffusion:
         sigmas = get_sigmas(self.denoiser.sigma_table, steps, spacing)  # (N + 1,) ending in 0
         channels = self.unet.config.in_channels
         shape = (len(cond), channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))  # (B, 4, h, w)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        noise = torch.randn(shape, generator=generator)  # (B, 4, h, w)
         x = noise.to(self.device) * sigmas[0].item()
 
         # 3. Solve the ODE from sigma_0 down to 0.
@@ -192,7 +194,11 @@ class StableDiffusion:
         def record(step: dict) -> None:
             recorded.append({k: v.float().cpu() if torch.is_tensor(v) else v for k, v in step.items()})
 
-        latents = SAMPLERS[sampler](denoiser, x, sigmas, callback=record if return_steps else None, progress=progress)
+        callback = record if return_steps else None
+        if sampler in STOCHASTIC:  # the per-step noise continues the same seeded stream
+            latents = SAMPLERS[sampler](denoiser, x, sigmas, generator=generator, callback=callback, progress=progress)
+        else:
+            latents = SAMPLERS[sampler](denoiser, x, sigmas, callback=callback, progress=progress)
         if not torch.isfinite(latents).all():
             raise FloatingPointError(
                 f"sampling produced NaN/inf latents ({self.name}, {self.dtype} on {self.device}); "

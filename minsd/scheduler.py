@@ -143,3 +143,108 @@ def sample_heun(
             d_next = (x_euler - denoiser(x_euler, sigma_next)) / sigma_next  # slope at the end
             x = x + (d + d_next) / 2 * dt  # trapezoidal rule
     return x
+
+
+# -- Stochastic samplers ----------------------------------------------------------------------
+# Both take the fresh noise they add from `generator`, drawn on the generator's device (a seeded CPU
+# generator gives the same images on every device), so that a run is reproducible and stateless.
+
+
+def fresh_noise(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """n ~ N(0, I) shaped like x, float32 on x's device, drawn from `generator` (on its own device)."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"a stochastic sampler needs a seeded torch.Generator for its noise, got {generator!r}; "
+            "e.g. generator=torch.Generator('cpu').manual_seed(0)"
+        )
+    noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=torch.float32)
+    return noise.to(x.device)
+
+
+def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0):
+    """Split the step sigma -> sigma_next into a deterministic part down to sigma_down and fresh noise sigma_up.
+
+    sigma_up^2 = eta^2 sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2 (eta = 1: DDPM's posterior noise,
+    Ho et al. 2020) and sigma_down^2 + sigma_up^2 = sigma_next^2, so the noise level lands on sigma_next.
+    """
+    sigma_up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+    return sigma_down, sigma_up
+
+
+@torch.no_grad()
+def sample_euler_ancestral(
+    denoiser: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    eta: float = 1.0,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Euler ancestral: an Euler step down to sigma_down < sigma_next, then fresh noise back up to sigma_next.
+
+    Each step forgets part of x's noise and draws new noise instead, so the result depends on every
+    draw from `generator`, not only on the starting x. eta = 0 is plain Euler. One denoiser call a step.
+    """
+    x = x.float()
+    sigmas = sigmas.to(device=x.device, dtype=torch.float32)
+    for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="Euler ancestral", unit="step"):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoiser(x, sigma)  # D(x_i; sigma_i)
+        if callback is not None:
+            callback({"i": i, "sigma": sigma, "sigma_next": sigma_next, "x": x, "denoised": denoised})
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+        d = (x - denoised) / sigma  # dx/dsigma at (x_i, sigma_i)
+        x = x + d * (sigma_down - sigma)  # Euler, down to sigma_down
+        if sigma_next > 0:
+            x = x + fresh_noise(x, generator) * sigma_up  # back up to sigma_next with new noise
+    return x
+
+
+@torch.no_grad()
+def sample_heun_churn(
+    denoiser: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Karras et al. 2022, Algorithm 2: Heun's method with "churn", noise added before every step.
+
+    Each step first raises the noise level from sigma_i to sigma_hat = (1 + gamma_i) sigma_i with fresh
+    noise, gamma_i = min(s_churn / N, sqrt(2) - 1) for sigma_i in [s_tmin, s_tmax] (else 0), then takes a
+    Heun step from sigma_hat to sigma_{i+1}. s_churn = 0 is Algorithm 1 (`sample_heun`). The callback
+    receives sigma = sigma_hat and x = x_hat, the point the denoiser was called at.
+    """
+    x = x.float()
+    sigmas = sigmas.to(device=x.device, dtype=torch.float32)
+    n_steps = len(sigmas) - 1
+    for i in tqdm(range(n_steps), disable=not progress, desc="Heun churn", unit="step"):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        # Algorithm 2, lines 4-6: gamma_i, then x_hat = x_i + sqrt(sigma_hat^2 - sigma_i^2) eps, eps ~ N(0, s_noise^2 I)
+        gamma = min(s_churn / n_steps, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+        sigma_hat = sigma * (1 + gamma)
+        if gamma > 0:
+            x = x + fresh_noise(x, generator) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        # lines 7-8: an Euler step from sigma_hat
+        denoised = denoiser(x, sigma_hat)  # D(x_hat; sigma_hat)
+        if callback is not None:
+            callback({"i": i, "sigma": sigma_hat, "sigma_next": sigma_next, "x": x, "denoised": denoised})
+        d = (x - denoised) / sigma_hat
+        dt = sigma_next - sigma_hat
+        x_euler = x + d * dt
+        if sigma_next == 0:
+            x = x_euler
+        else:
+            # lines 9-11: the second-order correction with the slope at sigma_{i+1}
+            d_next = (x_euler - denoiser(x_euler, sigma_next)) / sigma_next
+            x = x + (d + d_next) / 2 * dt
+    return x

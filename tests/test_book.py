@@ -7,7 +7,6 @@ its frame. Screenshots of every page are kept in tests/output/book/ (not in git)
 
 import functools
 import http.server
-import os
 import shutil
 import subprocess
 import sys
@@ -44,8 +43,7 @@ def book(tmp_path_factory) -> Path:
         "-n",
         "--keep-going",
     ]
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return out / "_build" / "html"
 

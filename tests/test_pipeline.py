@@ -116,3 +116,27 @@ def test_nan_is_reported_not_returned(pipe):
     finally:
         with torch.no_grad():
             unet.conv_out.bias.copy_(original)
+
+
+def test_euler_ancestral_matches_diffusers(pipe, tiny_reference):
+    """The per-step noise continues the seeded CPU stream, in the order diffusers draws it."""
+    from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+
+    euler = tiny_reference.scheduler
+    tiny_reference.scheduler = EulerAncestralDiscreteScheduler.from_config(euler.config, timestep_spacing="linspace")
+    try:
+        out = tiny_reference(
+            "a red circle",
+            num_inference_steps=6,
+            guidance_scale=7.5,
+            output_type="np",
+            generator=torch.Generator("cpu").manual_seed(0),
+            **SIZE,
+        )
+    finally:
+        tiny_reference.scheduler = EulerDiscreteScheduler.from_config(euler.config)
+    expected = torch.from_numpy(out.images).permute(0, 3, 1, 2)
+    result = pipe("a red circle", steps=6, sampler="euler_ancestral", progress=False, **SIZE)
+    assert_close(result.pixels, expected, rtol=0, atol=1e-4)
+    deterministic = pipe("a red circle", steps=6, progress=False, **SIZE)
+    assert (deterministic.pixels - expected).abs().max() > 1e-2  # the fresh noise matters
