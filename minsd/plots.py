@@ -23,15 +23,21 @@ def to_image(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.clip(x, 0, 1)
 
 
-def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int | None = None, size: float = 1.6,
-               suptitle: str | None = None):
+def image_grid(
+    images: Sequence,
+    titles: Sequence[str] | None = None,
+    ncols: int | None = None,
+    size: float = 1.6,
+    suptitle: str | None = None,
+):
     """Show images (tensors (3, H, W) in [0, 1], arrays or PIL images) in a grid; returns the figure."""
     images = [np.asarray(im) / 255.0 if not isinstance(im, (torch.Tensor, np.ndarray)) else im for im in images]
     n = len(images)
     ncols = ncols or min(n, 8)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
