@@ -12,10 +12,15 @@ component's own (Gaussian) posterior mean:
 
 and the score is grad log p(x; sigma) = (D(x; sigma) - x) / sigma^2 (Karras et al. 2022, eq. 3).
 Everything works on (N, 2) tensors, so minsd's samplers run on it unchanged.
+
+The helpers at the end (`grid`, `trajectory`, `loglog_slope`) are what the book's pages need to
+draw densities, follow a sampler step by step and measure its order of convergence.
 """
 
 import math
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 
@@ -36,10 +41,14 @@ class GaussianMixture:
         """log p(x; sigma): (N, 2) -> (N,)."""
         return torch.logsumexp(self._log_joint(x, sigma), dim=1)
 
+    def posterior_weights(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """w_k(x) = P(component k | x) = pi_k N(x; mu_k, (s_k^2 + sigma^2) I) / p(x; sigma): (N, 2) -> (N, K)."""
+        return torch.softmax(self._log_joint(x, sigma), dim=1)
+
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """The exact D(x; sigma) = E[x_0 | x]: (N, 2) -> (N, 2), in x's dtype."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
-        w = torch.softmax(self._log_joint(x, sigma), dim=1)  # (N, K) posterior over components
+        w = self.posterior_weights(x, sigma)  # (N, K) posterior over components
         shrink = self.stds**2 / (self.stds**2 + sigma**2)  # (K,)
         xd = x.double()
         per_component = self.means[None] + shrink[None, :, None] * (xd[:, None, :] - self.means[None])  # (N, K, 2)
@@ -53,13 +62,50 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n samples of the data, p_0: (n, 2) float64."""
+        return self.sample_with_components(n, generator)[0]
+
+    def sample_with_components(self, n: int, generator: torch.Generator | None = None):
+        """n samples of the data, (n, 2) float64, and the component each was drawn from, (n,) int64."""
         k = torch.multinomial(self.weights.float(), n, replacement=True, generator=generator)
         noise = torch.randn(n, 2, generator=generator, dtype=torch.float64)
-        return self.means[k] + self.stds[k, None] * noise
+        return self.means[k] + self.stds[k, None] * noise, k
 
 
 def example_mixture() -> GaussianMixture:
     """The book's running example: three blobs of different sizes and weights."""
-    return GaussianMixture(
-        means=[[-2.0, -1.0], [2.0, -1.0], [0.0, 2.0]], stds=[0.3, 0.5, 0.2], weights=[0.5, 0.3, 0.2]
-    )
+    return GaussianMixture(means=[[-2.0, -1.0], [2.0, -1.0], [0.0, 2.0]], stds=[0.3, 0.5, 0.2], weights=[0.5, 0.3, 0.2])
+
+
+def grid(lim: float, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An n x n grid over [-lim, lim]^2: coords (n,) and points (n * n, 2), row-major (y outer, x inner).
+
+    f(points).reshape(n, n) is then an image with rows along y, as imshow and contour expect.
+    """
+    coords = torch.linspace(-lim, lim, n, dtype=torch.float64)  # (n,)
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")  # (n, n) each
+    return coords, torch.stack([xs.flatten(), ys.flatten()], dim=1)  # (n,), (n * n, 2)
+
+
+def trajectory(sampler: Callable, denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Run sampler(denoiser, x, sigmas) and keep x at every noise level: (len(sigmas), *x.shape).
+
+    Entry i is the sampler's x_i at sigmas[i] (from its callback); the last is its result, at sigmas[-1].
+    """
+    path = []
+
+    def keep(info: dict) -> None:
+        path.append(info["x"].clone())
+
+    x_last = sampler(denoiser, x, sigmas, callback=keep)
+    if len(path) != len(sigmas) - 1:
+        raise ValueError(f"expected the sampler to report {len(sigmas) - 1} steps, got {len(path)}")
+    return torch.stack([*path, x_last])
+
+
+def loglog_slope(steps: Sequence[float], errors: Sequence[float]) -> float:
+    """The least-squares slope of log(error) against log(steps): -p for an error that falls as steps^-p."""
+    steps, errors = np.asarray(steps, dtype=float), np.asarray(errors, dtype=float)
+    if steps.shape != errors.shape or len(steps) < 2 or (steps <= 0).any() or (errors <= 0).any():
+        raise ValueError(f"need at least two positive (steps, error) pairs, got {steps!r} and {errors!r}")
+    slope, _ = np.polyfit(np.log(steps), np.log(errors), 1)
+    return float(slope)

@@ -1,0 +1,100 @@
+"""The toy Gaussian mixture and the book's helpers, against analytic answers."""
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from minsd.scheduler import karras_sigmas, sample_euler, sample_heun
+from minsd.toy import GaussianMixture, example_mixture, grid, loglog_slope, trajectory
+
+
+def test_density_integrates_to_one_on_a_grid():
+    coords, points = grid(lim=12.0, n=401)
+    cell = (coords[1] - coords[0]) ** 2
+    for sigma in (0.0, 0.5, 2.0):
+        mass = example_mixture().log_density(points, sigma).exp().sum() * cell
+        assert mass.item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_grid_is_row_major_in_y():
+    coords, points = grid(lim=1.0, n=3)
+    assert coords.tolist() == [-1.0, 0.0, 1.0]
+    assert points.shape == (9, 2)
+    assert points[1].tolist() == [0.0, -1.0]  # x runs fastest
+    assert points[3].tolist() == [-1.0, 0.0]
+
+
+def test_score_is_the_gradient_of_the_log_density():
+    """Karras et al. 2022, eq. (3): grad log p(x; sigma) = (D(x; sigma) - x) / sigma^2."""
+    mixture = example_mixture()
+    x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    for sigma in (0.1, 1.0, 5.0):
+        x_req = x.clone().requires_grad_(True)
+        (autograd_score,) = torch.autograd.grad(mixture.log_density(x_req, sigma).sum(), x_req)
+        assert_close(mixture.score(x, sigma), autograd_score)
+
+
+def test_one_blob_denoiser_is_the_gaussian_posterior_mean():
+    blob = GaussianMixture(means=[[1.0, -2.0]], stds=[0.5])
+    x, sigma = torch.tensor([[3.0, 0.0]], dtype=torch.float64), 1.5
+    shrink = 0.5**2 / (0.5**2 + sigma**2)
+    assert_close(blob(x, sigma), torch.tensor([[1.0, -2.0]], dtype=torch.float64) + shrink * torch.tensor([[2.0, 2.0]]))
+
+
+def test_trajectory_keeps_every_step_and_ends_at_the_result():
+    mixture = example_mixture()
+    x = 10 * torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    sigmas = torch.tensor([10.0, 3.0, 1.0, 0.0])
+    for sampler in (sample_euler, sample_heun):
+        path = trajectory(sampler, mixture, x, sigmas)
+        assert path.shape == (4, 5, 2)
+        assert_close(path[0], x)
+        assert_close(path[-1], sampler(mixture, x, sigmas))
+    # the last Euler step, down to sigma = 0, lands on the denoiser's output
+    path = trajectory(sample_euler, mixture, x, sigmas)
+    assert_close(path[-1], mixture(path[-2], sigmas[-2]), rtol=1e-5, atol=1e-5)
+
+
+def test_loglog_slope_of_a_power_law():
+    steps = [4, 8, 16, 32]
+    assert loglog_slope(steps, [3.0 * n**-1.5 for n in steps]) == pytest.approx(-1.5)
+    with pytest.raises(ValueError, match="positive"):
+        loglog_slope(steps, [1.0, 0.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize(("sampler", "order"), [(sample_euler, 1), (sample_heun, 2)])
+def test_sampler_order_on_one_blob_against_the_exact_flow(sampler, order):
+    """One Gaussian blob N(mu, s^2 I): dx/dsigma = sigma (x - mu) / (s^2 + sigma^2), solved exactly by
+    x(sigma) - mu = (x(sigma_max) - mu) sqrt((s^2 + sigma^2) / (s^2 + sigma_max^2))."""
+    mu, s, sigma_max = torch.tensor([1.0, -0.5], dtype=torch.float64), 0.4, 10.0
+    blob = GaussianMixture(means=[mu.tolist()], stds=[s])
+    x = sigma_max * torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = mu + (x - mu) * math.sqrt(s**2 / (s**2 + sigma_max**2))
+    steps = [8, 16, 32, 64]
+    errors = []
+    for n in steps:
+        sigmas = karras_sigmas(n + 1, 0.0, sigma_max)  # n steps, the last down to exactly 0
+        errors.append((sampler(blob, x, sigmas).double() - exact).norm(dim=1).mean().item())
+    assert loglog_slope(steps, errors) == pytest.approx(-order, abs=0.25)
+
+
+def test_posterior_weights_are_bayes_rule():
+    mixture = example_mixture()
+    x = torch.tensor([[0.3, -0.2], [-2.0, -1.0]], dtype=torch.float64)
+    sigma = 0.7
+    var = mixture.stds**2 + sigma**2  # (K,)
+    likelihood = torch.exp(-((x[:, None] - mixture.means[None]) ** 2).sum(-1) / (2 * var)) / (2 * math.pi * var)
+    joint = mixture.weights * likelihood  # (N, K)
+    assert_close(mixture.posterior_weights(x, sigma), joint / joint.sum(1, keepdim=True))
+
+
+def test_sample_with_components_matches_sample_and_weights():
+    mixture = example_mixture()
+    y, k = mixture.sample_with_components(20_000, generator=torch.Generator().manual_seed(0))
+    assert_close(y, mixture.sample(20_000, generator=torch.Generator().manual_seed(0)))
+    for j in range(3):
+        assert (k == j).float().mean().item() == pytest.approx(mixture.weights[j].item(), abs=0.015)
+        spread = ((y[k == j] - mixture.means[j]) ** 2).mean().sqrt()
+        assert spread.item() == pytest.approx(mixture.stds[j].item(), rel=0.05)
