@@ -176,6 +176,8 @@ class StableDiffusion:
         # 1. Text: each prompt's embedding, repeated for its images; the negative ones for guidance.
         cond = self.encode_prompts(prompts).repeat_interleave(num_images, dim=0)  # (B, T, D)
         uncond = None
+        if guidance == 1.0 and negative_prompt is not None:
+            warnings.warn("the negative prompt has no effect at guidance 1.0 (no unconditional pass)", stacklevel=2)
         if guidance != 1.0:
             uncond = self.encode_prompts(negatives).repeat_interleave(num_images, dim=0)  # (B, T, D)
         denoiser = CFGDenoiser(self.denoiser, cond, uncond, guidance)

@@ -100,6 +100,11 @@ def test_bad_inputs_are_refused(pipe, kwargs, error, message):
         pipe(**args)
 
 
+def test_negative_prompt_without_guidance_warns(pipe):
+    with pytest.warns(UserWarning, match="the negative prompt has no effect at guidance 1.0"):
+        pipe("a red circle", "blue", guidance=1.0, steps=1, progress=False, **SIZE)
+
+
 def test_long_prompt_warns(pipe):
     with pytest.warns(UserWarning, match=r"prompt has \d+ tokens, more than the text encoder's 77"):
         pipe("red " * 100, steps=1, progress=False, **SIZE)
