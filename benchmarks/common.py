@@ -71,6 +71,27 @@ def text_encoder_and_vae(tiny: bool):
     return CLIPTextModel(text).eval(), vae.eval()
 
 
+def diffusers_pipeline(unet, vae, text_encoder, tokenizer, device, dtype):
+    """diffusers' text-to-image pipeline on the given components, with SD 1.5's Euler schedule (linspace)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="linspace", steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype)
+
+
 def sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

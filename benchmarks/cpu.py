@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import alternate, table, text_encoder_and_vae, unet_pair  # noqa: E402
+from common import (  # noqa: E402
+    alternate,
+    diffusers_pipeline,
+    diffusers_unet_of,
+    table,
+    text_encoder_and_vae,
+    unet_pair,
+)
 
 from minsd.denoiser import scaled_linear_alphas_cumprod  # noqa: E402
 from minsd.pipeline import StableDiffusion  # noqa: E402
@@ -44,8 +51,6 @@ def cpu_name() -> str:
 
 def build(cfg: UNetConfig, tiny_parts: bool):
     """diffusers' and minsd's pipelines sharing one VAE and text encoder, UNets with equal weights."""
-    from gpu import diffusers_pipeline  # the same construction as the GPU benchmark
-
     reference_unet, unet = unet_pair(cfg, torch.device("cpu"), torch.float32)
     text_encoder, vae = text_encoder_and_vae(tiny=tiny_parts)
     tokenizer = build_clip_tokenizer([("r", "e"), ("re", "d</w>")])
@@ -71,9 +76,6 @@ def run_pipeline(which: str, reference, pipe, size: int, steps: int):
 
 def memory_child(which: str, cfg_json: str, size: int, steps: int) -> None:
     """In a fresh process: build only one library's pipeline, run it once, print the peak RSS in MiB."""
-    from common import diffusers_unet_of
-    from gpu import diffusers_pipeline
-
     from minsd.unet import UNet
 
     cfg = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(cfg_json).items()})

@@ -14,7 +14,7 @@ import statistics
 import time
 
 import torch
-from common import TINY, sync, table, text_encoder_and_vae, unet_pair
+from common import TINY, diffusers_pipeline, sync, table, text_encoder_and_vae, unet_pair
 
 from minsd.denoiser import scaled_linear_alphas_cumprod
 from minsd.pipeline import StableDiffusion
@@ -30,26 +30,6 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-compile", action="store_true")
     return p.parse_args()
-
-
-def diffusers_pipeline(unet, vae, text_encoder, tokenizer, device, dtype):
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
-
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="linspace", steps_offset=1
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, dtype)
 
 
 def memory_bytes(module) -> int:
