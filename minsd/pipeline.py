@@ -100,6 +100,7 @@ class StableDiffusion:
         CUDA: channels_last and mode "reduce-overhead" (CUDA graphs: the whole UNet replays as one
         launch, with its buffers allocated once). CPU: inductor with weight freezing, which folds the
         weights into the compiled graph (this sets torch._inductor.config.freezing for the process).
+        Each new latent size (or batch size) compiles its own graph: static shapes give the fastest kernels.
         """
         unet = self.denoiser.unet
         if self.device.type == "cuda":
@@ -110,7 +111,7 @@ class StableDiffusion:
 
             inductor_config.freezing = True
             mode = mode or "default"
-        self.denoiser.unet = torch.compile(unet, mode=mode, fullgraph=True)
+        self.denoiser.unet = torch.compile(unet, mode=mode, fullgraph=True, dynamic=False)
         return self
 
     # -- text -----------------------------------------------------------------------------
