@@ -105,13 +105,20 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
-def alternate(fns: dict, repeats: int, device) -> dict:
-    """Run each function once per round, alternating, and return each one's median seconds."""
+def rounds(fns: dict, repeats: int, device) -> dict[str, list[float]]:
+    """Each function's seconds over `repeats` rounds. Every round runs each function once, the order
+    reversed every other round (A B, B A, ...), so a slow spell of a shared machine hits both sides."""
     times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(timed(fn, device))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    for i in range(repeats):
+        for name in list(fns) if i % 2 == 0 else reversed(list(fns)):
+            times[name].append(timed(fns[name], device))
+    return times
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
+    """Median, min and max over rounds of numerator / denominator, each round's pair measured together."""
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def table(rows: list[list], header: list[str]) -> str:
