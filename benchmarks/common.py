@@ -13,6 +13,19 @@ TINY = UNetConfig(
 )
 
 
+def unet_flops(cfg: UNetConfig, size: int) -> dict[str, int]:
+    """FLOPs of one UNet forward at batch 2 with size x size latents, per operator ("convolution",
+    "addmm", "mm", "bmm"), counted on meta tensors: attention is counted as its two batched matmuls."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        unet = UNet(cfg)
+        x, t, context = torch.zeros(2, 4, size, size), torch.zeros(2), torch.zeros(2, 77, cfg.cross_attention_dim)
+    with FlopCounterMode(display=False) as counter:
+        unet(x, t, context)
+    return {str(op).split(".")[-1]: n for op, n in counter.get_flop_counts()["Global"].items()}
+
+
 def diffusers_unet_of(cfg: UNetConfig):
     from diffusers import UNet2DConditionModel
 

@@ -25,7 +25,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
@@ -36,6 +35,7 @@ from common import (  # noqa: E402
     rounds,
     table,
     text_encoder_and_vae,
+    unet_flops,
     unet_pair,
 )
 
@@ -91,13 +91,7 @@ def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
 
 
 def unet_gflop(cfg: UNetConfig, size: int) -> float:
-    """FLOPs of one UNet forward at batch 2, counted on meta tensors (attention counted as its matmuls)."""
-    with torch.device("meta"):
-        unet = UNet(cfg)
-        x, t, context = torch.zeros(2, 4, size, size), torch.zeros(2), torch.zeros(2, 77, cfg.cross_attention_dim)
-    with FlopCounterMode(display=False) as counter:
-        unet(x, t, context)
-    return counter.get_total_flops() / 1e9
+    return sum(unet_flops(cfg, size).values()) / 1e9
 
 
 def ratio_cells(times: dict, numerator: str, denominator: str, digits: int = 3) -> list[str]:

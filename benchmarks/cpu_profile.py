@@ -12,13 +12,12 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import TINY, table, unet_pair  # noqa: E402
+from common import TINY, table, unet_flops, unet_pair  # noqa: E402
 from cpu import matmul_gflops  # noqa: E402
 
-from minsd.unet import UNet, UNetConfig  # noqa: E402
+from minsd.unet import UNetConfig  # noqa: E402
 
 # ATen (eager) and inductor (compiled) operators by group; the compiled graph's own fused kernels
 # and every small operator count as "everything else".
@@ -32,12 +31,7 @@ GROUP_FLOPS = {"convolutions": ("convolution",), "linear layers": ("addmm", "mm"
 
 
 def flops_by_group(cfg: UNetConfig, size: int) -> dict:
-    with torch.device("meta"):
-        unet = UNet(cfg)
-        x, t, context = torch.zeros(2, 4, size, size), torch.zeros(2), torch.zeros(2, 77, cfg.cross_attention_dim)
-    with FlopCounterMode(display=False) as counter:
-        unet(x, t, context)
-    counts = {str(op).split(".")[-1]: n for op, n in counter.get_flop_counts()["Global"].items()}
+    counts = unet_flops(cfg, size)
     return {group: sum(counts.get(name, 0) for name in names) for group, names in GROUP_FLOPS.items()}
 
 
