@@ -105,6 +105,54 @@ def diffusers_pipeline(unet, vae, text_encoder, tokenizer, device, dtype):
     return pipe.to(device, dtype)
 
 
+def toy_tokenizer():
+    """A CLIP tokenizer with two merges: the text encoders here have random weights, any vocabulary will do."""
+    from minsd.tokenizer import build_clip_tokenizer
+
+    return build_clip_tokenizer([("r", "e"), ("re", "d</w>")])
+
+
+def pipeline_pair(cfg: UNetConfig, device, dtype, tiny_parts: bool):
+    """diffusers' and minsd's pipelines sharing one VAE and text encoder, UNets with equal weights."""
+    from minsd.denoiser import scaled_linear_alphas_cumprod
+    from minsd.pipeline import StableDiffusion
+
+    reference_unet, unet = unet_pair(cfg, device, dtype)
+    text_encoder, vae = text_encoder_and_vae(tiny=tiny_parts)
+    tokenizer = toy_tokenizer()
+    reference = diffusers_pipeline(reference_unet, vae, text_encoder, tokenizer, device, dtype)
+    pipe = StableDiffusion(unet, vae, text_encoder, tokenizer, scaled_linear_alphas_cumprod(), device, dtype, "random")
+    return reference, pipe
+
+
+def diffusers_pixels(reference, prompt: str, steps: int, size: int, latents=None) -> torch.Tensor:
+    """diffusers' image for a prompt: guidance 7.5, seed 0 (or the given starting latents), (B, 3, H, W)."""
+    generator = torch.Generator("cpu").manual_seed(0)
+    return reference(
+        prompt,
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        height=size,
+        width=size,
+        generator=generator,
+        latents=latents,
+        output_type="pt",
+    ).images
+
+
+def minsd_pixels(pipe, prompt: str, steps: int, size: int) -> torch.Tensor:
+    """minsd's image for the same prompt, guidance 7.5, seed 0: (B, 3, H, W)."""
+    return pipe(prompt, steps=steps, guidance=7.5, height=size, width=size, seed=0, progress=False).pixels
+
+
+def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
+    """This CPU's fp32 matrix-multiply rate: the median over `repeats` of an n x n x n product."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    times = rounds({"matmul": lambda: a @ b}, repeats, "cpu")["matmul"]
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
 def sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

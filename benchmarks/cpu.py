@@ -6,7 +6,7 @@
 1. UNet forward, batch 2 (guidance), latents 16x16, 32x32, 64x64.
 2. The whole pipeline at 256x256, 10 Euler steps, guidance 7.5, same UNet/VAE/CLIP weights.
 3. Peak memory (RSS): a 64x64 UNet forward and the pipeline, each library in a fresh process.
-4. minsd compiled (torch.compile, inductor with weight freezing) vs diffusers eager, at 32x32 and 64x64.
+4. minsd compiled (torch.compile, inductor with weight freezing) vs diffusers eager, at 16x16, 32x32, 64x64.
 
 Timings alternate between the libraries (A B, B A, ...); each round's pair gives one ratio, and the
 tables show the median ratio and the range over rounds: on a shared machine, a slow spell moves
@@ -30,18 +30,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     TINY,
     diffusers_pipeline,
+    diffusers_pixels,
     diffusers_unet_of,
+    matmul_gflops,
+    minsd_pixels,
     paired_ratio,
+    pipeline_pair,
     rounds,
     table,
     text_encoder_and_vae,
+    toy_tokenizer,
     unet_flops,
     unet_pair,
 )
 
 from minsd.denoiser import scaled_linear_alphas_cumprod  # noqa: E402
-from minsd.pipeline import StableDiffusion  # noqa: E402
-from minsd.tokenizer import build_clip_tokenizer  # noqa: E402
+from minsd.pipeline import StableDiffusion, compile_unet  # noqa: E402
 from minsd.unet import UNet, UNetConfig  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -57,37 +61,10 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def build(cfg: UNetConfig, tiny_parts: bool):
-    """diffusers' and minsd's pipelines sharing one VAE and text encoder, UNets with equal weights."""
-    reference_unet, unet = unet_pair(cfg, torch.device("cpu"), torch.float32)
-    text_encoder, vae = text_encoder_and_vae(tiny=tiny_parts)
-    tokenizer = build_clip_tokenizer([("r", "e"), ("re", "d</w>")])
-    reference = diffusers_pipeline(reference_unet, vae, text_encoder, tokenizer, "cpu", torch.float32)
-    pipe = StableDiffusion(unet, vae, text_encoder, tokenizer, scaled_linear_alphas_cumprod(), "cpu", torch.float32)
-    return reference, pipe
-
-
-def run_pipeline(which: str, reference, pipe, size: int, steps: int):
+def run_pipeline(which: str, reference, pipe, size: int, steps: int) -> torch.Tensor:
     if which == "diffusers":
-        generator = torch.Generator("cpu").manual_seed(0)
-        return reference(
-            PROMPT,
-            num_inference_steps=steps,
-            guidance_scale=7.5,
-            height=size,
-            width=size,
-            generator=generator,
-            output_type="pt",
-        ).images
-    return pipe(PROMPT, steps=steps, guidance=7.5, height=size, width=size, seed=0, progress=False).pixels
-
-
-def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
-    """This CPU's fp32 matrix-multiply rate: the median over `repeats` of an n x n x n product."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    times = rounds({"matmul": lambda: a @ b}, repeats, "cpu")["matmul"]
-    return 2 * n**3 / statistics.median(times) / 1e9
+        return diffusers_pixels(reference, PROMPT, steps, size)
+    return minsd_pixels(pipe, PROMPT, steps, size)
 
 
 def unet_gflop(cfg: UNetConfig, size: int) -> float:
@@ -156,7 +133,7 @@ def memory_child(what: str, which: str, cfg_json: str, size: int, steps: int) ->
             unet(*inputs, context)
         else:
             text_encoder, vae = text_encoder_and_vae(tiny=cfg != UNetConfig())
-            tokenizer = build_clip_tokenizer([("r", "e"), ("re", "d</w>")])
+            tokenizer = toy_tokenizer()
             reference = pipe = None
             if which == "diffusers":
                 reference = diffusers_pipeline(unet, vae, text_encoder, tokenizer, "cpu", torch.float32)
@@ -171,25 +148,21 @@ def memory_child(what: str, which: str, cfg_json: str, size: int, steps: int) ->
 
 @torch.no_grad()
 def compiled_child(cfg_json: str, size: int, repeats: int) -> None:
-    """diffusers eager, minsd eager and minsd compiled (`StableDiffusion.compile()`) at one latent
-    size. In a process of its own: a cold compile, and no other pipelines or graphs in memory."""
+    """diffusers eager, minsd eager and minsd compiled (`compile_unet`, as `StableDiffusion.compile()`)
+    at one latent size. In a process of its own: a cold compile, and no other pipelines or graphs in memory."""
     cfg = config_from_json(cfg_json)
-    reference_unet, unet = unet_pair(cfg, torch.device("cpu"), torch.float32)
-    text_encoder, vae = text_encoder_and_vae(tiny=True)  # unused here; a pipeline needs them
-    tokenizer = build_clip_tokenizer([("r", "e"), ("re", "d</w>")])
-    pipe = StableDiffusion(unet, vae, text_encoder, tokenizer, scaled_linear_alphas_cumprod(), "cpu")
-    eager = pipe.unet
-    pipe.compile()
+    reference_unet, eager = unet_pair(cfg, torch.device("cpu"), torch.float32)
+    compiled = compile_unet(eager, torch.device("cpu"))
     context = torch.randn(2, 77, cfg.cross_attention_dim)
     x, t = torch.randn(2, 4, size, size), torch.tensor([500.0, 500.0])
     start = time.perf_counter()
-    pipe.unet(x, t, context)
+    compiled(x, t, context)
     compile_seconds = time.perf_counter() - start
-    difference = (pipe.unet(x, t, context) - eager(x, t, context)).abs().max().item()
+    difference = (compiled(x, t, context) - eager(x, t, context)).abs().max().item()
     fns = {
         "diffusers": partial(reference_unet, x, t, context),
         "eager": partial(eager, x, t, context),
-        "compiled": partial(pipe.unet, x, t, context),
+        "compiled": partial(compiled, x, t, context),
     }
     times = rounds(fns, repeats, "cpu")
     speedup, low, high = paired_ratio(times["diffusers"], times["compiled"])
@@ -223,7 +196,7 @@ def main() -> None:
         "",
     ]
 
-    reference, pipe = build(cfg, tiny_parts=args.quick)
+    reference, pipe = pipeline_pair(cfg, torch.device("cpu"), torch.float32, tiny_parts=args.quick)
     rows = []
     context = torch.randn(2, 77, cfg.cross_attention_dim)
     with torch.no_grad():

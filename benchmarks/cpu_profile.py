@@ -14,9 +14,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import TINY, table, unet_flops, unet_pair  # noqa: E402
-from cpu import matmul_gflops  # noqa: E402
+from common import TINY, matmul_gflops, table, unet_flops, unet_pair  # noqa: E402
 
+from minsd.pipeline import compile_unet  # noqa: E402
 from minsd.unet import UNetConfig  # noqa: E402
 
 # ATen (eager) and inductor (compiled) operators by group; the compiled graph's own fused kernels
@@ -60,10 +60,7 @@ def main() -> None:
     x, t = torch.randn(2, 4, args.size, args.size), torch.tensor([500.0, 500.0])
     context = torch.randn(2, 77, cfg.cross_attention_dim)
 
-    from torch._inductor import config as inductor_config
-
-    inductor_config.freezing = True  # as StableDiffusion.compile() does on a CPU
-    compiled = torch.compile(unet, fullgraph=True, dynamic=False)
+    compiled = compile_unet(unet, torch.device("cpu"))  # what StableDiffusion.compile() does
     columns = {
         "diffusers eager": seconds_by_group(lambda: reference(x, t, context)),
         "minsd eager": seconds_by_group(lambda: unet(x, t, context)),

@@ -14,11 +14,8 @@ import statistics
 import time
 
 import torch
-from common import TINY, diffusers_pipeline, sync, table, text_encoder_and_vae, unet_pair
+from common import TINY, diffusers_pixels, minsd_pixels, pipeline_pair, sync, table
 
-from minsd.denoiser import scaled_linear_alphas_cumprod
-from minsd.pipeline import StableDiffusion
-from minsd.tokenizer import build_clip_tokenizer
 from minsd.unet import UNetConfig
 
 
@@ -64,11 +61,7 @@ def main():
     size = 64 if args.smoke else args.size
     steps, repeats = (3, 2) if args.smoke else (args.steps, args.repeats)
 
-    reference_unet, unet = unet_pair(cfg, device, dtype)
-    text_encoder, vae = text_encoder_and_vae(tiny=args.smoke)
-    tokenizer = build_clip_tokenizer([("r", "e"), ("re", "d</w>")])
-    reference = diffusers_pipeline(reference_unet, vae, text_encoder, tokenizer, device, dtype)
-    pipe = StableDiffusion(unet, vae, text_encoder, tokenizer, scaled_linear_alphas_cumprod(), device, dtype, "random")
+    reference, pipe = pipeline_pair(cfg, device, dtype, tiny_parts=args.smoke)
     prompt = "a red circle"
 
     # diffusers draws fp16 noise in fp16 (other numbers than minsd's fp32 draw): hand it minsd's noise.
@@ -76,20 +69,10 @@ def main():
     noise = torch.randn(latent_shape, generator=torch.Generator("cpu").manual_seed(0)).to(device, dtype)
 
     def run_diffusers(n):
-        generator = torch.Generator("cpu").manual_seed(0)
-        return reference(
-            prompt,
-            num_inference_steps=n,
-            guidance_scale=7.5,
-            height=size,
-            width=size,
-            generator=generator,
-            latents=noise,
-            output_type="pt",
-        ).images
+        return diffusers_pixels(reference, prompt, n, size, latents=noise)
 
     def run_minsd(n):
-        return pipe(prompt, steps=n, guidance=7.5, height=size, width=size, seed=0, progress=False).pixels
+        return minsd_pixels(pipe, prompt, n, size)
 
     with torch.no_grad():
         eager_pixels = run_minsd(steps)
@@ -106,7 +89,7 @@ def main():
         results["minsd (compiled)"] = measure(run_minsd, steps, repeats, device)
         results["minsd (compiled)"]["compile_s"] = compile_seconds
 
-    weights = memory_bytes(reference_unet) + memory_bytes(vae) + memory_bytes(text_encoder)
+    weights = sum(memory_bytes(part) for part in (reference.unet, reference.vae, reference.text_encoder))
     base = results["diffusers (eager, SDPA)"]
     rows = []
     for name, r in results.items():

@@ -18,6 +18,25 @@ SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "euler_ancestral": sampl
 STOCHASTIC = {"euler_ancestral"}  # these draw fresh noise at every step, from the seeded generator
 
 
+def compile_unet(unet: nn.Module, device: torch.device, mode: str | None = None) -> nn.Module:
+    """torch.compile a UNet for `device`. Optional: compiling takes minutes.
+
+    CUDA: channels_last and mode "reduce-overhead" (CUDA graphs: the whole UNet replays as one
+    launch, with its buffers allocated once). CPU: inductor with weight freezing, which folds the
+    weights into the compiled graph (this sets torch._inductor.config.freezing for the process).
+    Each new latent size (or batch size) compiles its own graph: static shapes give the fastest kernels.
+    """
+    if device.type == "cuda":
+        unet.to(memory_format=torch.channels_last)
+        mode = mode or "reduce-overhead"
+    else:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.freezing = True
+        mode = mode or "default"
+    return torch.compile(unet, mode=mode, fullgraph=True, dynamic=False)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -95,23 +114,8 @@ class StableDiffusion:
         return self.unet.config.sample_size * self.vae_scale_factor
 
     def compile(self, mode: str | None = None) -> "StableDiffusion":
-        """torch.compile the UNet, the only heavy part of the loop. Optional: compiling takes minutes.
-
-        CUDA: channels_last and mode "reduce-overhead" (CUDA graphs: the whole UNet replays as one
-        launch, with its buffers allocated once). CPU: inductor with weight freezing, which folds the
-        weights into the compiled graph (this sets torch._inductor.config.freezing for the process).
-        Each new latent size (or batch size) compiles its own graph: static shapes give the fastest kernels.
-        """
-        unet = self.denoiser.unet
-        if self.device.type == "cuda":
-            unet.to(memory_format=torch.channels_last)
-            mode = mode or "reduce-overhead"
-        else:
-            from torch._inductor import config as inductor_config
-
-            inductor_config.freezing = True
-            mode = mode or "default"
-        self.denoiser.unet = torch.compile(unet, mode=mode, fullgraph=True, dynamic=False)
+        """torch.compile the UNet, the only heavy part of the loop (see `compile_unet`)."""
+        self.denoiser.unet = compile_unet(self.denoiser.unet, self.device, mode)
         return self
 
     # -- text -----------------------------------------------------------------------------
