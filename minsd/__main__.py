@@ -28,17 +28,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="SD 1.5 folder or hub id (default: $MINSD_WEIGHTS, else the built-in shapes model)",
     )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: 1 for small models such as the built-in one, else torch's default)",
+    )
     parser.add_argument("--out", type=Path, default=Path("image.png"), help="output PNG; several images get _0, _1")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from .loading import load_pipeline  # after parsing: --help should not wait for torch
+    if args.threads is not None and args.threads < 1:
+        print(f"minsd: error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
+        return 2
+    import torch  # after parsing: --help should not wait for torch
+
+    from .loading import load_pipeline
 
     try:
         pipe = load_pipeline(args.weights, device=args.device)
-        print(f"minsd: {pipe.name} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')})", file=sys.stderr)
+        # The command owns its process, so it may set the thread count: the one this model samples fastest with.
+        threads = args.threads or pipe.recommended_num_threads
+        torch.set_num_threads(threads)
+        dtype = str(pipe.dtype).removeprefix("torch.")
+        threads_text = f"{threads} CPU thread{'s' if threads > 1 else ''}"
+        print(f"minsd: {pipe.name} on {pipe.device} ({dtype}, {threads_text})", file=sys.stderr)
         start = time.perf_counter()
         result = pipe.generate(
             args.prompt,

@@ -65,7 +65,10 @@ def load_pipeline(
     variant = "fp16" if dtype == torch.float16 and has_fp16_files else None
     unet = load_unet(folder / "unet", variant)
     with quiet_progress_bars():
-        vae = AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=True, variant=variant, torch_dtype=dtype)
+        # low_cpu_mem_usage=False: the default needs `accelerate`, and without it diffusers prints a warning
+        vae = AutoencoderKL.from_pretrained(
+            folder / "vae", use_safetensors=True, variant=variant, torch_dtype=dtype, low_cpu_mem_usage=False
+        )
         text_encoder = CLIPTextModel.from_pretrained(
             folder / "text_encoder", use_safetensors=True, variant=variant, dtype=dtype
         )

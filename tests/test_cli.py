@@ -55,3 +55,14 @@ def test_cli_without_weights_offline_says_how_to_get_them(tmp_path):
     result = run_cli("a red circle", "--weights", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png"))
     assert result.returncode == 2
     assert "is not a local folder, and it could not be downloaded" in result.stderr
+
+
+def test_cli_chooses_threads_for_the_model(tmp_path):
+    """The small default model samples on one thread (see recommended_num_threads); --threads overrides."""
+    out = str(tmp_path / "circle.png")
+    chosen = run_cli("a red circle on a black background", "--steps", "2", "--out", out)
+    assert "1 CPU thread)" in chosen.stderr, chosen.stderr
+    forced = run_cli("a red circle on a black background", "--steps", "2", "--threads", "2", "--out", out)
+    assert "2 CPU threads)" in forced.stderr, forced.stderr
+    refused = run_cli("a red circle", "--threads", "0")
+    assert refused.returncode == 2 and "--threads must be at least 1, got 0" in refused.stderr

@@ -3,10 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_UNET_CONFIGS
 from torch.testing import assert_close
 
 from minsd import load_pipeline
+from minsd.pipeline import recommended_num_threads
 from minsd.preview import latents_to_rgb
+from minsd.unet import UNet, UNetConfig
 
 SIZE = dict(height=64, width=64)
 
@@ -145,3 +148,12 @@ def test_euler_ancestral_matches_diffusers(pipe, tiny_reference):
     assert_close(result.pixels, expected, rtol=0, atol=1e-4)
     deterministic = pipe("a red circle", steps=6, progress=False, **SIZE)
     assert (deterministic.pixels - expected).abs().max() > 1e-2  # the fresh noise matters
+
+
+def test_recommended_num_threads():
+    """One thread for a small UNet (overhead-bound), torch's default for one of SD 1.5's size."""
+    small = UNet(TINY_UNET_CONFIGS["tiny-a"])
+    with torch.device("meta"):  # SD 1.5's 860 M parameters, with no memory behind them
+        large = UNet(UNetConfig())
+    assert recommended_num_threads(small) == 1
+    assert recommended_num_threads(large) == torch.get_num_threads()
