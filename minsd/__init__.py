@@ -1,6 +1,6 @@
 """minsd: Stable Diffusion 1.5 sampling, re-implemented from its mathematics."""
 
-from .denoiser import Denoiser, scaled_linear_alphas_cumprod, sigma_to_t, sigmas_from_alphas_cumprod
+from .denoiser import Denoiser, scaled_linear_alphas_cumprod, sigma_to_t, sigmas_from_alphas_cumprod, vp_coefficients
 from .loading import load_pipeline
 from .pipeline import CFGDenoiser, Generation, StableDiffusion
 from .preview import latents_to_rgb
@@ -34,4 +34,5 @@ __all__ = [
     "sigma_to_t",
     "sigmas_from_alphas_cumprod",
     "spaced_timesteps",
+    "vp_coefficients",
 ]

@@ -45,6 +45,18 @@ def sigma_to_t(sigma: torch.Tensor, sigma_table: torch.Tensor) -> torch.Tensor:
     return low + w.clamp(0, 1)
 
 
+def vp_coefficients(sigma: torch.Tensor, sigma_table: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Karras et al. 2022, Table 1 (VP) for an eps-predictor: (c_skip, c_out, c_in, c_noise) at sigma.
+
+    Each has sigma's shape; c_noise = (M-1) sigma^-1(sigma) is the fractional training step in 0..M-1.
+    """
+    c_skip = torch.ones_like(sigma)
+    c_out = -sigma
+    c_in = 1 / (sigma**2 + 1) ** 0.5  # the square root: c_in x = sqrt(abar_t) x = x_t, the UNet's training input
+    c_noise = sigma_to_t(sigma.flatten(), sigma_table).reshape(sigma.shape)
+    return c_skip, c_out, c_in, c_noise
+
+
 class Denoiser(nn.Module):
     """D(x; sigma) for an eps-prediction model trained on a discrete VP schedule."""
 
@@ -64,13 +76,9 @@ class Denoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """x: (B, C, h, w) at noise level sigma (a scalar or (B,)), context: (B, T, D) -> D(x; sigma), like x."""
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)  # (B or 1, 1, 1, 1)
-        # Karras et al. 2022, Table 1 (VP) for an eps-predictor:
-        c_skip = 1.0
-        c_out = -sigma
-        c_in = 1 / (sigma**2 + 1) ** 0.5
-        c_noise = sigma_to_t(sigma.flatten(), self.sigma_table)  # (M-1) sigma^-1(sigma), in 0..M-1
+        c_skip, c_out, c_in, c_noise = vp_coefficients(sigma, self.sigma_table)
         # The network runs in its own dtype (fp16 on CUDA); the sampler's x stays float32.
         dtype = next(self.unet.parameters()).dtype
-        eps = self.unet((c_in * x).to(dtype), c_noise, context.to(dtype)).float()  # F_theta(c_in x; c_noise)
+        eps = self.unet((c_in * x).to(dtype), c_noise.flatten(), context.to(dtype)).float()  # F_theta(c_in x; c_noise)
         # Karras et al. 2022, eq. (7): D(x) = c_skip x + c_out F(c_in x; c_noise)
         return c_skip * x + c_out * eps
