@@ -20,7 +20,8 @@ from minsd.pipeline import compile_unet  # noqa: E402
 from minsd.unet import UNetConfig  # noqa: E402
 
 # ATen (eager) and inductor (compiled) operators by group; the compiled graph's own fused kernels
-# and every small operator count as "everything else".
+# and every small operator count as "everything else". Eager names are the same on every CPU; which
+# compiled kernels inductor hands to oneDNN/MKL (and so under these names) depends on the CPU.
 GROUPS = {
     "convolutions": ("aten::mkldnn_convolution", "mkldnn::_convolution_pointwise"),
     "linear layers": ("aten::addmm", "aten::mm", "mkl::_mkl_linear", "mkldnn::_linear_pointwise"),
@@ -72,7 +73,7 @@ def main() -> None:
         gflop = flops.get(group, sum(flops.values()) if group == "total" else 0) / 1e9
         row = [group, f"{gflop:.0f}" if gflop else ""]
         for seconds in columns.values():
-            rate = f" ({gflop / seconds[group]:.0f})" if gflop and seconds[group] else ""
+            rate = f" ({gflop / seconds[group]:.3g})" if gflop and seconds[group] else ""
             row.append(f"{seconds[group]:.2f}{rate}")
         rows.append(row)
     report = "\n".join(

@@ -55,5 +55,9 @@ def test_cpu_profile_quick_mode():
     for column in (2, 3, 4):  # diffusers eager, minsd eager, minsd compiled: "seconds (GFLOP/s)"
         seconds = [float(row[column].split()[0]) for row in groups]
         assert sum(seconds) == pytest.approx(float(total[column].split()[0]), abs=0.02)
-        for row in groups[:3]:  # time was found for these operators: they have a rate
-            assert float(re.search(r"\((\d+)\)", row[column]).group(1)) > 0, row
+    # Eager operators have the same ATen names on every CPU: each group's time was found. (Which of
+    # the compiled graph's kernels run as external matmuls or convolutions depends on the CPU's
+    # instruction set, so the compiled column is only checked to add up.)
+    for column in (2, 3):
+        for row in groups[:3]:
+            assert float(re.search(r"\(([\d.e+-]+)\)", row[column]).group(1)) > 0, row
