@@ -39,7 +39,7 @@ def test_cli_writes_images(tiny_folder, tmp_path):
     paths = [tmp_path / "out" / "cat_0.png", tmp_path / "out" / "cat_1.png"]
     assert result.stdout.split() == [str(p) for p in paths]
     assert all(Image.open(p).size == (48, 32) for p in paths)
-    assert f"minsd: {tiny_folder} on cpu (float32)" in result.stderr
+    assert f"minsd: {tiny_folder} on cpu (float32, 1 CPU thread)" in result.stderr
     assert "Euler: 100%" in result.stderr  # the progress bar
 
 
