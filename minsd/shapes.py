@@ -3,9 +3,12 @@
 "a red circle on a black background": a caption names a shape, its colour and the background.
 The images are small (32 x 32 by default), anti-aliased by 4x supersampling, and exactly
 reproducible: the same seed gives the same images on every machine. The default model that
-minsd ships was trained on them (see `minsd/train.py`).
+minsd ships was trained on them (see `minsd/train.py`). `classify` reads the caption back from an
+image, to measure how well a model's samples follow their prompts.
 """
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,3 +89,56 @@ def all_captions() -> list[str]:
         for colour in COLOURS
         for background in BACKGROUNDS
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading an image back: background, colour and shape
+
+
+def nearest(colour: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
+    """The name of the palette colour nearest to `colour` (RGB, Euclidean distance)."""
+    names = list(palette)
+    distances = [np.linalg.norm(colour - np.array(palette[n], dtype=np.float64)) for n in names]
+    return names[int(np.argmin(distances))]
+
+
+def classify(image) -> dict[str, str | None]:
+    """(H, W, 3) uint8 image (array or PIL) -> {"background", "colour", "shape"}; colour and shape
+    are None if nothing stands out from the background.
+
+    background: the median of the border pixels, named by the nearest background colour.
+    foreground: the pixels far from that median; colour: the palette colour nearest their median.
+    shape: from the fill ratio of the foreground's bounding box (square ~1, circle ~pi/4,
+    triangle ~1/2) and its width profile (a triangle widens downwards).
+    """
+    pixels = np.asarray(image, dtype=np.float64)  # (H, W, 3)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])  # (4 (H + W), 3)
+    background_rgb = np.median(border, axis=0)
+    background = nearest(background_rgb, BACKGROUNDS)
+    mask = np.linalg.norm(pixels - background_rgb, axis=-1) > 60  # (H, W): the foreground
+    if mask.sum() < 4:
+        return {"background": background, "colour": None, "shape": None}
+    colour = nearest(np.median(pixels[mask], axis=0), COLOURS)
+    rows, cols = np.nonzero(mask)
+    box = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]  # the bounding box
+    fill = box.mean()
+    widths = box.sum(axis=1)  # the foreground's width in each row, top to bottom
+    third = max(1, len(widths) // 3)
+    widening = widths[-third:].mean() / max(widths[:third].mean(), 1)  # bottom width / top width
+    if fill > 0.9:
+        shape = "square"
+    elif fill < 0.65 or widening > 2.0:
+        shape = "triangle"
+    else:
+        shape = "circle"
+    return {"background": background, "colour": colour, "shape": shape}
+
+
+def colour_counts(images: Iterable) -> Counter[str]:
+    """How many of `images` show each colour, by `classify` ("none" where no shape stands out)."""
+    return Counter(classify(image)["colour"] or "none" for image in images)
+
+
+def describe_colours(images: Iterable) -> str:
+    """The colours of `images` in one line, most frequent first: "red 5, blue 3"."""
+    return ", ".join(f"{name} {n}" for name, n in colour_counts(images).most_common())

@@ -1,0 +1,28 @@
+"""The shapes dataset's classifier reads back every rendered caption, and sees nothing in a blank image."""
+
+import numpy as np
+
+from minsd.shapes import BACKGROUNDS, Scene, classify, colour_counts, describe_colours, make_dataset, render
+
+
+def test_classifier_is_right_on_every_rendered_image():
+    images, scenes = make_dataset(300, seed=2024)
+    wrong = [
+        (s.caption, found)
+        for image, s in zip(images, scenes)
+        if (found := classify(image)) != {"background": s.background, "colour": s.colour, "shape": s.shape}
+    ]
+    assert not wrong, wrong[:5]
+
+
+def test_blank_image_has_no_shape():
+    for name, rgb in BACKGROUNDS.items():
+        blank = np.full((32, 32, 3), rgb, dtype=np.uint8)
+        assert classify(blank) == {"background": name, "colour": None, "shape": None}
+
+
+def test_colour_counts():
+    scenes = [Scene("circle", "red", "black", 16, 16, 14), Scene("square", "blue", "white", 12, 20, 10)] * 2
+    images = [render(s) for s in scenes] + [np.full((32, 32, 3), 20, dtype=np.uint8)]
+    assert colour_counts(images) == {"red": 2, "blue": 2, "none": 1}
+    assert describe_colours(images[1:]) == "blue 2, red 1, none 1"
