@@ -13,6 +13,8 @@ from matplotlib import animation
 
 from .preview import latents_to_rgb
 
+BLOB_COLORS = np.array(["tab:blue", "tab:orange", "tab:green"])  # the toy mixture's blobs, by index
+
 
 def to_image(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """(3, H, W) or (H, W, 3) in [0, 1], tensor or array -> (H, W, 3) array for imshow."""
