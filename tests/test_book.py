@@ -1,12 +1,16 @@
 """The book, built strictly (every notebook executed) and opened page by page in headless Chromium.
 
-Asserts that the build succeeds with no warnings, that no local resource of any page fails to
-load, that every figure is present and drawn, and that each player's "next frame" button changes
-its frame. Screenshots of every page are kept in tests/output/book/ (not in git).
+The one place where the chapters are executed. Asserts that the build succeeds with no warnings,
+and that every page reads clean in a 1280 px wide window: no local resource fails to load, every
+figure is drawn, each player's "next frame" button changes its frame, no Markdown table is shown
+as raw pipe text, no display equation or code cell is wider than the text column, no output shows
+a traceback, an error or a warning, no link text shows raw LaTeX, and the sidebar numbers the
+chapters as their files do. Screenshots of every page are kept in tests/output/book/ (not in git).
 """
 
 import functools
 import http.server
+import re
 import shutil
 import subprocess
 import sys
@@ -62,6 +66,48 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+# What a reader would see as broken, measured in the page; returns one line per problem.
+READING_PROBLEMS = r"""() => {
+  const problems = [];
+  const main = document.querySelector("main") || document.body;
+  const clip = (text) => text.replace(/\s+/g, " ").trim().slice(0, 70);
+  for (const p of main.querySelectorAll("p")) {  // a Markdown table rendered as text: | --- |
+    if (/\|\s*:?-{3,}/.test(p.textContent)) problems.push(`raw Markdown table: ${clip(p.textContent)}`);
+  }
+  for (const math of main.querySelectorAll('mjx-container[display="true"]')) {  // scrolls when too wide
+    if (math.scrollWidth > math.clientWidth + 1) {
+      problems.push(`equation ${math.scrollWidth} px wide in ${math.clientWidth} px: `
+        + clip(math.getAttribute("aria-label") || math.textContent));
+    }
+  }
+  for (const pre of main.querySelectorAll("div.cell_input pre")) {
+    if (pre.scrollWidth > pre.clientWidth + 1) problems.push(`code cell too wide: ${clip(pre.textContent)}`);
+  }
+  for (const output of main.querySelectorAll("div.cell_output")) {
+    const found = output.textContent.match(/Traceback|KeyboardInterrupt|\b\w*(Error|Warning)\b|\{glue/);
+    if (found) problems.push(`"${found[0]}" in an output: ${clip(output.textContent)}`);
+  }
+  if (main.textContent.includes("{glue")) problems.push("an unresolved {glue} role");
+  for (const link of document.querySelectorAll("a")) {
+    if (/\\[A-Za-z]|\$/.test(link.textContent)) problems.push(`raw LaTeX in a link text: ${clip(link.textContent)}`);
+  }
+  return problems;
+}"""
+
+
+def sidebar_problems(page) -> list[str]:
+    """The sidebar numbers each chapter as its file is numbered: notebooks/03_... is chapter 3."""
+    links = page.eval_on_selector_all(
+        "nav.bd-docs-nav a.reference.internal", "links => links.map(a => [a.getAttribute('href'), a.textContent])"
+    )
+    problems = []
+    for href, text in links:
+        number = re.search(r"(?:^|/)(\d\d)_[a-z_]+\.html", href)
+        if number and not text.strip().startswith(f"{int(number.group(1))}. "):
+            problems.append(f"sidebar shows {text.strip()!r} for {href}")
+    return problems
+
+
 def pages(book: Path) -> list[str]:
     toc = (ROOT / "_toc.yml").read_text().split()
     files = [t for t in toc if t.startswith(("book/", "notebooks/"))]
@@ -98,6 +144,9 @@ def test_book_in_a_browser(book, server):
                 problems.append(f"{name}: broken images {broken}")
             if name.startswith("notebooks/") and page.locator("main img").count() == 0:
                 problems.append(f"{name}: a chapter without a single figure")
+            page.evaluate("async () => { if (window.MathJax?.startup) await MathJax.startup.promise; }")
+            problems += [f"{name}: {problem}" for problem in page.evaluate(READING_PROBLEMS)]
+            problems += [f"{name}: {problem}" for problem in sidebar_problems(page)]
             # Players (matplotlib's to_jshtml): 'next frame' must change the frame.
             for player in page.locator("div.animation").all():
                 players_seen += 1

@@ -1,28 +1,70 @@
-"""Every chapter notebook executes without error (jupytext + nbclient, a per-cell timeout)."""
+"""The chapter notebooks as source: in the book, set up alike, formatted, every glued value defined.
 
+They are executed once, by the strict book build in tests/test_book.py.
+"""
+
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import jupytext
 import pytest
-from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.md"))
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.md"))
+# Code cells fit the book's text column at this width. To format the notebooks:
+#   PATH=.venv/bin:$PATH jupytext --pipe "ruff format --isolated --line-length 88 -" notebooks/*.md
+LINE_LENGTH = 88
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(path):
-    notebook = jupytext.read(path)
-    client = NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    )
-    client.execute()  # raises CellExecutionError, with the failing cell and its traceback
-    errors = [
-        o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"
-    ]
-    assert not errors
+def code_cells(path: Path) -> list[str]:
+    return [cell.source for cell in jupytext.read(path).cells if cell.cell_type == "code"]
 
 
 def test_every_notebook_is_in_the_book():
-    toc = (Path(__file__).resolve().parents[1] / "_toc.yml").read_text()
+    toc = (ROOT / "_toc.yml").read_text()
     assert all(f"notebooks/{p.stem}" in toc for p in NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_first_cell_sets_up_the_chapter(path):
+    """One execution policy (minsd.book.setup), never a chapter's own copy of it."""
+    cells = code_cells(path)
+    assert "minsd.book.setup()" in cells[0]
+    for setting in ("set_num_threads", "rcParams", "disable_progress_bar"):
+        assert not any(setting in cell for cell in cells), f"{path.name} sets {setting} itself"
+
+
+def test_notebooks_are_formatted(tmp_path):
+    """ruff format at 88 columns would change nothing, and no code line is longer (comments included)."""
+    for path in NOTEBOOKS:
+        jupytext.write(jupytext.read(path), tmp_path / f"{path.stem}.py", fmt="py:percent")
+    ruff = [sys.executable, "-m", "ruff", "format", "--isolated", "--line-length", str(LINE_LENGTH)]
+    result = subprocess.run([*ruff, "--diff", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    long_lines = [
+        f"{path.name}: {line}"
+        for path in NOTEBOOKS
+        for cell in code_cells(path)
+        for line in cell.splitlines()
+        if len(line) > LINE_LENGTH
+    ]
+    assert not long_lines, "\n".join(long_lines)
+
+
+GLUE_ROLE = re.compile(r"\{glue(?::\w+)?\}`([\w.-]+)")  # {glue}`key`, {glue:text}`key:.2f`
+GLUE_CALL = re.compile(r"glue\(\s*[\"']([\w.-]+)[\"']")
+
+
+def test_glued_values_are_computed_in_their_chapter():
+    """Each number glued into a chapter's prose is computed by a glue() call of that chapter, and
+    each key belongs to one chapter only."""
+    owners = {}
+    for path in NOTEBOOKS:
+        text = path.read_text()
+        computed = set(GLUE_CALL.findall("\n".join(code_cells(path))))
+        used = set(GLUE_ROLE.findall(text))
+        assert used <= computed, f"{path.name} shows values it never computes: {sorted(used - computed)}"
+        for key in computed:
+            assert owners.setdefault(key, path.name) == path.name, f"glue key {key!r} in two chapters"
