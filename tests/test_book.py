@@ -96,7 +96,7 @@ READING_PROBLEMS = r"""() => {
 
 
 def sidebar_problems(page) -> list[str]:
-    """The sidebar numbers each chapter as its file is numbered: notebooks/03_... is chapter 3."""
+    """The sidebar numbers each chapter as its file is numbered: notebooks/02_euler is chapter 2."""
     links = page.eval_on_selector_all(
         "nav.bd-docs-nav a.reference.internal", "links => links.map(a => [a.getAttribute('href'), a.textContent])"
     )
@@ -161,4 +161,4 @@ def test_book_in_a_browser(book, server):
             )
         browser.close()
     assert not problems, "\n".join(problems)
-    assert players_seen >= 6  # the sliders of chapters 2-9, drawn in advance
+    assert players_seen >= 6  # the sliders of chapters 1-8, drawn in advance
