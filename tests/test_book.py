@@ -109,8 +109,7 @@ def sidebar_problems(page) -> list[str]:
 
 
 def pages(book: Path) -> list[str]:
-    toc = (ROOT / "_toc.yml").read_text().split()
-    files = [t for t in toc if t.startswith(("book/", "notebooks/"))]
+    files = re.findall(r"^(?:root:|\s*- file:) (\S+)", (ROOT / "_toc.yml").read_text(), flags=re.M)
     return [f"{f}.html" for f in files]
 
 
