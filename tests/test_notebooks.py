@@ -36,6 +36,19 @@ def test_first_cell_sets_up_the_chapter(path):
         assert not any(setting in cell for cell in cells), f"{path.name} sets {setting} itself"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_live_widget_cells_are_for_jupyter_only(path):
+    """Cells that build live ipywidgets sliders are hidden from the page and not executed by the
+    build (tag skip-execution): the page shows the precomputed player instead. In the build, the
+    widgets' comm traffic sometimes left nbclient waiting out the whole 300 s cell timeout for a
+    reply the kernel had already sent (4 of 6 builds beside two busy processes stalled so; the one
+    traced stalled right after an ipywidgets cell)."""
+    for cell in jupytext.read(path).cells:
+        if cell.cell_type == "code" and "ipywidgets." in cell.source:
+            tags = cell.metadata.get("tags", [])
+            assert "remove-cell" in tags and "skip-execution" in tags, cell.source[:200]
+
+
 def test_notebooks_are_formatted(tmp_path):
     """ruff format at 88 columns would change no code cell, and no code line is longer (comments included)."""
     for path in NOTEBOOKS:
