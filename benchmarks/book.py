@@ -10,13 +10,15 @@ Prints each chapter's execution time (myst-nb's own measurement) and the whole b
 
 import argparse
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import cpu_name, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 JUPYTER_BOOK = Path(sys.executable).parent / "jupyter-book"
@@ -42,13 +44,6 @@ def build(busy: int) -> dict:
     return {"chapters": chapters, "total": seconds, "status": result.returncode}
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--busy", type=int, default=2, help="spinning processes beside the loaded build")
@@ -67,15 +62,14 @@ def main() -> None:
     rows = [[name, *(f"{run['chapters'].get(name, float('nan')):.1f}" for run in runs.values())] for name in chapters]
     rows.append(["whole build (wall clock)", *(f"{run['total']:.0f}" for run in runs.values())])
     rows.append(["exit status", *(str(run["status"]) for run in runs.values())])
-    lines = [
-        f"Strict book build (`jupyter-book build . --all -W -n --keep-going`) on {cpu_name()}, "
-        f"{os.cpu_count()} CPUs; loaded = beside {args.busy} processes spinning a core each.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
-    report = "\n".join(lines)
+    report = "\n".join(
+        [
+            f"Strict book build (`jupyter-book build . --all -W -n --keep-going`) on {cpu_name()}, "
+            f"{os.cpu_count()} CPUs; loaded = beside {args.busy} processes spinning a core each.",
+            "",
+            table(rows, header),
+        ]
+    )
     print(report)
     if args.out:
         args.out.write_text(report + "\n")

@@ -1,7 +1,9 @@
 """Shared pieces of the benchmarks: SD 1.5-sized components with random weights, timers, a table."""
 
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -186,3 +188,14 @@ def table(rows: list[list], header: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda row: "| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |"  # noqa: E731
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def cpu_name() -> str:
+    """The processor's model name, as the reports print it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

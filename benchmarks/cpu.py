@@ -16,7 +16,6 @@ both halves of a pair, and the range shows how far the noise reaches.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     TINY,
+    cpu_name,
     diffusers_pipeline,
     diffusers_pixels,
     diffusers_unet_of,
@@ -49,16 +49,6 @@ from minsd.pipeline import StableDiffusion, compile_unet  # noqa: E402
 from minsd.unet import UNet, UNetConfig  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_pipeline(which: str, reference, pipe, size: int, steps: int) -> torch.Tensor:
