@@ -61,22 +61,17 @@ def trace_shapes(
 ) -> list[Call]:
     """Run unet(x, t, context) with hooks on `modules` (default: `top_level_parts`): one Call per call, in order.
 
-    A down block returns (x, skips): its skips are recorded as pushed. An up block is handed the
-    list of skips and reads the newest len(block.resnets) of them, one per ResNet: those are
-    recorded as popped. The UNet's forward keeps conv_in's output as the first skip itself.
+    A down block returns (x, skips): its skips are recorded as pushed. An up block is handed its own
+    skips (the newest len(block.resnets) of the stack) and its ResNets read them newest first: those
+    are recorded as popped, in that order. The UNet's forward keeps conv_in's output as the first skip.
     """
     calls: list[Call | None] = []
     open_calls: list[tuple[int, dict]] = []  # (index in calls, what the pre-hook saw): hooks nest
 
     def pre_hook(name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            skips = next((a for a in [*args, *kwargs.values()] if is_tensor_list(a)), None)
-            popped = ()
-            if skips is not None:  # an up block: its ResNets pop the newest skips, one each
-                if not hasattr(module, "resnets"):
-                    raise TypeError(f"{name} ({type(module).__name__}) is handed a list of tensors but has no resnets")
-                n_popped = len(module.resnets)
-                popped = tuple(tuple(s.shape) for s in reversed(skips[len(skips) - n_popped :]))
+            skips = next((a for a in [*args, *kwargs.values()] if is_tensor_list(a)), ())  # an up block's
+            popped = tuple(tuple(s.shape) for s in reversed(skips))
             seen = {"name": name, "type": type(module).__name__, "input": tuple(args[0].shape), "popped": popped}
             open_calls.append((len(calls), seen))
             calls.append(None)  # filled in when the module returns

@@ -53,7 +53,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class TimestepEmbedding(nn.Module):
     """An MLP that lifts the sinusoidal embedding to the width the ResNet blocks read."""
 
-    def __init__(self, in_dim: int, time_embed_dim: int):
+    def __init__(self, in_dim: int, time_embed_dim: int) -> None:
         super().__init__()
         self.linear_1 = nn.Linear(in_dim, time_embed_dim)
         self.act = nn.SiLU()
@@ -70,7 +70,7 @@ class TimestepEmbedding(nn.Module):
 class ResnetBlock2D(nn.Module):
     """GroupNorm -> SiLU -> conv, add the time embedding, GroupNorm -> SiLU -> conv, add the skip."""
 
-    def __init__(self, in_channels: int, out_channels: int, time_embed_dim: int, groups: int):
+    def __init__(self, in_channels: int, out_channels: int, time_embed_dim: int, groups: int) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=1e-5)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
@@ -95,7 +95,7 @@ class ResnetBlock2D(nn.Module):
 class Downsample2D(nn.Module):
     """A stride-2 3x3 convolution: halves H and W (rounding up)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
 
@@ -106,7 +106,7 @@ class Downsample2D(nn.Module):
 class Upsample2D(nn.Module):
     """Nearest-neighbour upsampling to the size of the matching skip, then a 3x3 convolution."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
 
@@ -122,7 +122,7 @@ class Upsample2D(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention. Self-attention when context is None, else cross-attention on it."""
 
-    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None):
+    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None) -> None:
         super().__init__()
         context_dim = context_dim or dim
         self.num_heads = num_heads
@@ -145,7 +145,7 @@ class Attention(nn.Module):
 class GEGLU(nn.Module):
     """A linear layer to twice the width, half of it gating the other half through GELU."""
 
-    def __init__(self, dim_in: int, dim_out: int):
+    def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
         self.proj = nn.Linear(dim_in, 2 * dim_out)
 
@@ -155,7 +155,7 @@ class GEGLU(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, dim: int, mult: int = 4):
+    def __init__(self, dim: int, mult: int = 4) -> None:
         super().__init__()
         self.net = nn.ModuleList([GEGLU(dim, mult * dim), nn.Dropout(0.0), nn.Linear(mult * dim, dim)])
 
@@ -166,7 +166,7 @@ class FeedForward(nn.Module):
 class BasicTransformerBlock(nn.Module):
     """Pre-norm transformer layer: self-attention, cross-attention on the text, feed-forward."""
 
-    def __init__(self, dim: int, num_heads: int, context_dim: int):
+    def __init__(self, dim: int, num_heads: int, context_dim: int) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = Attention(dim, num_heads)
@@ -185,7 +185,7 @@ class BasicTransformerBlock(nn.Module):
 class Transformer2DModel(nn.Module):
     """Runs a transformer block over the H*W positions of a feature map, with a residual."""
 
-    def __init__(self, channels: int, num_heads: int, context_dim: int, groups: int):
+    def __init__(self, channels: int, num_heads: int, context_dim: int, groups: int) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, channels, kernel_size=1)
@@ -208,7 +208,7 @@ class Transformer2DModel(nn.Module):
 class CrossAttnDownBlock2D(nn.Module):
     """(ResNet -> Transformer) x layers, then downsample. Returns the output and its skips."""
 
-    def __init__(self, in_ch: int, out_ch: int, cfg: UNetConfig, add_downsample: bool):
+    def __init__(self, in_ch: int, out_ch: int, cfg: UNetConfig, add_downsample: bool) -> None:
         super().__init__()
         groups, emb = cfg.norm_num_groups, cfg.time_embed_dim
         n = cfg.layers_per_block
@@ -220,21 +220,23 @@ class CrossAttnDownBlock2D(nn.Module):
         )
         self.downsamplers = nn.ModuleList([Downsample2D(out_ch)]) if add_downsample else None
 
-    def forward(self, x, emb, context) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        skips = []
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        skips = ()
         for resnet, attention in zip(self.resnets, self.attentions):
             x = attention(resnet(x, emb), context)
-            skips.append(x)
+            skips += (x,)
         if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
-            skips.append(x)
+            x = self.downsamplers[0](x)  # (B, C, ceil(H/2), ceil(W/2))
+            skips += (x,)
         return x, skips
 
 
 class DownBlock2D(nn.Module):
     """ResNet x layers, at the lowest resolution: no attention, no downsampling."""
 
-    def __init__(self, in_ch: int, out_ch: int, cfg: UNetConfig):
+    def __init__(self, in_ch: int, out_ch: int, cfg: UNetConfig) -> None:
         super().__init__()
         n = cfg.layers_per_block
         self.resnets = nn.ModuleList(
@@ -244,24 +246,26 @@ class DownBlock2D(nn.Module):
             ]
         )
 
-    def forward(self, x, emb, context=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        skips = []  # no attention at this level: the context is not read
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        skips = ()  # no attention at this level: the context is not read
         for resnet in self.resnets:
             x = resnet(x, emb)
-            skips.append(x)
+            skips += (x,)
         return x, skips
 
 
 class UNetMidBlock2DCrossAttn(nn.Module):
     """ResNet -> Transformer -> ResNet at the lowest resolution."""
 
-    def __init__(self, channels: int, cfg: UNetConfig):
+    def __init__(self, channels: int, cfg: UNetConfig) -> None:
         super().__init__()
         emb, groups = cfg.time_embed_dim, cfg.norm_num_groups
         self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, emb, groups) for _ in range(2)])
         self.attentions = nn.ModuleList([Transformer2DModel(channels, cfg.num_heads, cfg.cross_attention_dim, groups)])
 
-    def forward(self, x, emb, context) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x, emb)
         x = self.attentions[0](x, context)
         return self.resnets[1](x, emb)
@@ -282,21 +286,29 @@ def up_resnets(prev_ch: int, out_ch: int, skip_ch: int, cfg: UNetConfig) -> nn.M
 class UpBlock2D(nn.Module):
     """At the lowest resolution: (concat skip -> ResNet) x (layers + 1), then upsample."""
 
-    def __init__(self, prev_ch: int, out_ch: int, skip_ch: int, cfg: UNetConfig):
+    def __init__(self, prev_ch: int, out_ch: int, skip_ch: int, cfg: UNetConfig) -> None:
         super().__init__()
         self.resnets = up_resnets(prev_ch, out_ch, skip_ch, cfg)
         self.upsamplers = nn.ModuleList([Upsample2D(out_ch)])
 
-    def forward(self, x, emb, context, skips) -> torch.Tensor:
-        for resnet in self.resnets:  # no attention at this level: the context is not read
-            x = resnet(torch.cat([x, skips.pop()], dim=1), emb)
-        return self.upsamplers[0](x, size=skips[-1].shape[-2:])
+    def forward(
+        self,
+        x: torch.Tensor,
+        emb: torch.Tensor,
+        context: torch.Tensor,
+        skips: tuple[torch.Tensor, ...],
+        upsample_size: torch.Size,
+    ) -> torch.Tensor:
+        """skips: this level's, in the order the down path saved them; the ResNets read them newest first."""
+        for resnet, skip in zip(self.resnets, reversed(skips)):  # no attention here: the context is not read
+            x = resnet(torch.cat([x, skip], dim=1), emb)
+        return self.upsamplers[0](x, size=upsample_size)
 
 
 class CrossAttnUpBlock2D(nn.Module):
     """(concat skip -> ResNet -> Transformer) x (layers + 1), then upsample (except at the top)."""
 
-    def __init__(self, prev_ch: int, out_ch: int, skip_ch: int, cfg: UNetConfig, add_upsample: bool):
+    def __init__(self, prev_ch: int, out_ch: int, skip_ch: int, cfg: UNetConfig, add_upsample: bool) -> None:
         super().__init__()
         groups = cfg.norm_num_groups
         self.resnets = up_resnets(prev_ch, out_ch, skip_ch, cfg)
@@ -308,12 +320,21 @@ class CrossAttnUpBlock2D(nn.Module):
         )
         self.upsamplers = nn.ModuleList([Upsample2D(out_ch)]) if add_upsample else None
 
-    def forward(self, x, emb, context, skips) -> torch.Tensor:
-        for resnet, attention in zip(self.resnets, self.attentions):
-            x = resnet(torch.cat([x, skips.pop()], dim=1), emb)
+    def forward(
+        self,
+        x: torch.Tensor,
+        emb: torch.Tensor,
+        context: torch.Tensor,
+        skips: tuple[torch.Tensor, ...],
+        upsample_size: torch.Size | None,
+    ) -> torch.Tensor:
+        """skips: this level's, in the order the down path saved them; the ResNets read them newest first.
+        upsample_size: the next level's (h, w), or None at the top level, which does not upsample."""
+        for resnet, attention, skip in zip(self.resnets, self.attentions, reversed(skips)):
+            x = resnet(torch.cat([x, skip], dim=1), emb)
             x = attention(x, context)
         if self.upsamplers is not None:
-            x = self.upsamplers[0](x, size=skips[-1].shape[-2:])
+            x = self.upsamplers[0](x, size=upsample_size)
         return x
 
 
@@ -330,7 +351,7 @@ class UNet(nn.Module):
     upsample. With SD 1.5's 4 levels and 2 layers per block there are 12 skips.
     """
 
-    def __init__(self, cfg: UNetConfig = UNetConfig()):
+    def __init__(self, cfg: UNetConfig = UNetConfig()) -> None:
         super().__init__()
         self.config = cfg
         ch = cfg.block_out_channels
@@ -366,22 +387,31 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x: (B, 4, h, w) latents, t: (B,) or () timesteps, context: (B, T, 768) text -> eps (B, 4, h, w)."""
-        t = t.expand(x.shape[0])  # one timestep per sample
-        t_emb = timestep_embedding(t, self.config.block_out_channels[0]).to(x.dtype)  # (B, 320)
-        emb = self.time_embedding(t_emb)  # (B, 1280)
+        """x: (B, C_lat, h, w) latents, t: (B,) or () timesteps, context: (B, T, D) text -> eps, like x.
 
-        # Down path: keep every intermediate as a skip.
-        x = self.conv_in(x)  # (B, 320, h, w)
-        skips = [x]
+        SD 1.5: C_lat = 4, T = 77, D = 768. Below, C0..C3 are block_out_channels (SD 1.5: 320, 640,
+        1280, 1280) and E = 4 C0 is the time embedding's width (SD 1.5: 1280).
+        """
+        t = t.expand(x.shape[0])  # one timestep per sample
+        t_emb = timestep_embedding(t, self.config.block_out_channels[0]).to(x.dtype)  # (B, C0)
+        emb = self.time_embedding(t_emb)  # (B, E)
+
+        # Down path: every intermediate is kept as a skip, at its level's resolution.
+        x = self.conv_in(x)  # (B, C0, h, w)
+        skips = (x,)
         for block in self.down_blocks:
             x, block_skips = block(x, emb, context)
             skips += block_skips
+        # SD 1.5: 12 skips, 3 per level; on the way down (h, w) halves at each of the first 3 levels.
 
-        x = self.mid_block(x, emb, context)  # (B, 1280, h/8, w/8)
+        x = self.mid_block(x, emb, context)  # (B, C3, h/8, w/8)
 
-        # Up path: each ResNet pops the latest skip; a level upsamples to the size of the next one.
+        # Up path: each block takes the newest len(block.resnets) skips, one per ResNet, and
+        # upsamples to the size of the skips that remain for the next level (rounded as on the way down).
         for block in self.up_blocks:
-            x = block(x, emb, context, skips)
+            n = len(block.resnets)
+            block_skips, skips = skips[-n:], skips[:-n]
+            upsample_size = skips[-1].shape[-2:] if skips else None  # None: the top level, no upsampling
+            x = block(x, emb, context, block_skips, upsample_size)
 
-        return self.conv_out(self.conv_act(self.conv_norm_out(x)))  # (B, 4, h, w)
+        return self.conv_out(self.conv_act(self.conv_norm_out(x)))  # (B, C_lat, h, w)
