@@ -32,6 +32,12 @@ def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
 
 
+# The two directions between noise levels and training steps. Both are exact at the table's points; in
+# between, sigma_to_t interpolates in log sigma, where the table is smooth (it spans 0.03..14.6), so that
+# the UNet sees the timestep it was trained nearest to; t_to_sigma interpolates in sigma, because that is
+# how diffusers builds its schedules from fractional timesteps, and the schedules must match its own.
+
+
 def sigma_to_t(sigma: torch.Tensor, sigma_table: torch.Tensor) -> torch.Tensor:
     """sigma^-1: the fractional training step of a noise level, by linear interpolation in log sigma.
 
@@ -43,6 +49,15 @@ def sigma_to_t(sigma: torch.Tensor, sigma_table: torch.Tensor) -> torch.Tensor:
     low = torch.searchsorted(log_table, log_sigma, right=True).sub(1).clamp(0, len(log_table) - 2)
     w = (log_sigma - log_table[low]) / (log_table[low + 1] - log_table[low])
     return low + w.clamp(0, 1)
+
+
+def t_to_sigma(t: torch.Tensor, sigma_table: torch.Tensor) -> torch.Tensor:
+    """sigma(t): the noise level of a fractional training step, by linear interpolation in sigma. float64."""
+    t = t.to(torch.float64)
+    low = t.floor().long().clamp(0, len(sigma_table) - 2)
+    w = t - low
+    table = sigma_table.to(torch.float64)
+    return (1 - w) * table[low] + w * table[low + 1]
 
 
 def vp_coefficients(sigma: torch.Tensor, sigma_table: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -60,10 +75,12 @@ def vp_coefficients(sigma: torch.Tensor, sigma_table: torch.Tensor) -> tuple[tor
 class Denoiser(nn.Module):
     """D(x; sigma) for an eps-prediction model trained on a discrete VP schedule."""
 
-    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor):
+    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor) -> None:
         super().__init__()
         self.unet = unet
-        self.register_buffer("sigma_table", sigmas_from_alphas_cumprod(alphas_cumprod), persistent=False)
+        # A plain float64 CPU tensor, not a buffer: Module.to(dtype) casts buffers, and an fp16 table would
+        # shift every sigma of the schedule (sigma_max 14.6146 -> 14.6172). Only the UNet follows .to().
+        self.sigma_table = sigmas_from_alphas_cumprod(alphas_cumprod.to(torch.float64).cpu())  # (M,)
 
     @property
     def sigma_min(self) -> float:

@@ -15,19 +15,20 @@ the Heun correction):
 """
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
-Spacing = Literal["linspace", "leading", "trailing", "karras"]
-SPACINGS = ("linspace", "leading", "trailing", "karras")
+from .choices import SPACINGS
+from .denoiser import t_to_sigma
 
 # denoiser(x, sigma) -> D(x; sigma), x: (B, C, h, w), sigma: a 0-d tensor
 DenoiserFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def spaced_timesteps(num_steps: int, spacing: str, num_train_timesteps: int = 1000, steps_offset: int = 1):
+def spaced_timesteps(
+    num_steps: int, spacing: str, num_train_timesteps: int = 1000, steps_offset: int = 1
+) -> torch.Tensor:
     """The training steps t_0 > t_1 > ... > t_{N-1} that a discrete schedule visits. (N,) float64.
 
     linspace: evenly from M-1 down to 0, fractional in between (diffusers' default for SD 1.5).
@@ -36,6 +37,8 @@ def spaced_timesteps(num_steps: int, spacing: str, num_train_timesteps: int = 10
     """
     check_num_steps(num_steps)
     M, N = num_train_timesteps, num_steps
+    if spacing in ("leading", "trailing") and N > M:  # integer timesteps: more steps would repeat some
+        raise ValueError(f"{spacing!r} spacing visits whole training steps: at most {M} steps, got {N}")
     if spacing == "linspace":
         # From M-1 down, so that one step starts from pure noise (diffusers' linspace(0, M-1, 1) gives t = 0).
         t = torch.linspace(M - 1, 0, N, dtype=torch.float64)
@@ -46,15 +49,6 @@ def spaced_timesteps(num_steps: int, spacing: str, num_train_timesteps: int = 10
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of 'linspace', 'leading', 'trailing'")
     return t
-
-
-def t_to_sigma(t: torch.Tensor, sigma_table: torch.Tensor) -> torch.Tensor:
-    """sigma(t) between the table's points by linear interpolation in sigma, as diffusers does."""
-    t = t.to(torch.float64)
-    low = t.floor().long().clamp(0, len(sigma_table) - 2)
-    w = t - low
-    table = sigma_table.to(torch.float64)
-    return (1 - w) * table[low] + w * table[low + 1]
 
 
 def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
@@ -68,13 +62,15 @@ def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float
     return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
 
 
-def get_sigmas(sigma_table: torch.Tensor, num_steps: int, spacing: Spacing = "linspace") -> torch.Tensor:
+def get_sigmas(sigma_table: torch.Tensor, num_steps: int, spacing: str = "linspace") -> torch.Tensor:
     """The schedule for sampling with num_steps model evaluations: (N + 1,) float64, ending in 0.
 
     sigma_table: the model's training noise levels, (M,) increasing (see `denoiser.py`).
     spacing: 'linspace', 'leading' or 'trailing' timesteps, or 'karras' (rho = 7 between the
     table's sigma_min and sigma_max).
     """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
     table = sigma_table.detach().cpu().to(torch.float64)  # schedules are tiny: built on the CPU
     if spacing == "karras":
         sigmas = karras_sigmas(num_steps, table[0].item(), table[-1].item())
@@ -161,7 +157,9 @@ def fresh_noise(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return noise.to(x.device)
 
 
-def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0):
+def ancestral_step(
+    sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Split the step sigma -> sigma_next into a deterministic part down to sigma_down and fresh noise sigma_up.
 
     sigma_up^2 = eta^2 sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2 (eta = 1: DDPM's posterior noise,
