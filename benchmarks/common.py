@@ -123,7 +123,16 @@ def pipeline_pair(cfg: UNetConfig, device, dtype, tiny_parts: bool):
     text_encoder, vae = text_encoder_and_vae(tiny=tiny_parts)
     tokenizer = toy_tokenizer()
     reference = diffusers_pipeline(reference_unet, vae, text_encoder, tokenizer, device, dtype)
-    pipe = StableDiffusion(unet, vae, text_encoder, tokenizer, scaled_linear_alphas_cumprod(), device, dtype, "random")
+    pipe = StableDiffusion(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        alphas_cumprod=scaled_linear_alphas_cumprod(),
+        device=device,
+        dtype=dtype,
+        name="random",
+    )
     return reference, pipe
 
 

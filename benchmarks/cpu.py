@@ -128,7 +128,14 @@ def memory_child(what: str, which: str, cfg_json: str, size: int, steps: int) ->
             if which == "diffusers":
                 reference = diffusers_pipeline(unet, vae, text_encoder, tokenizer, "cpu", torch.float32)
             else:
-                pipe = StableDiffusion(unet, vae, text_encoder, tokenizer, scaled_linear_alphas_cumprod(), "cpu")
+                pipe = StableDiffusion(
+                    unet=unet,
+                    vae=vae,
+                    text_encoder=text_encoder,
+                    tokenizer=tokenizer,
+                    alphas_cumprod=scaled_linear_alphas_cumprod(),
+                    device="cpu",
+                )
             before = status_mib("VmRSS")
             reset_peak_rss()
             run_pipeline(which, reference, pipe, size, steps)

@@ -5,23 +5,23 @@ import sys
 import time
 from pathlib import Path
 
-from .scheduler import SPACINGS
+from .choices import SAMPLERS, SPACINGS  # torch-free: --help answers without importing torch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m minsd", description="Text to image with minsd's Euler sampler.")
+    parser = argparse.ArgumentParser(prog="python -m minsd", description="Text to image with minsd's samplers.")
     parser.add_argument("prompt", help="what to draw")
     parser.add_argument("--negative", default=None, help="what to steer away from (negative prompt)")
-    parser.add_argument("--steps", type=int, default=20, help="Euler steps = UNet evaluations (default 20)")
+    parser.add_argument(
+        "--steps", type=int, default=20, help="sampling steps (default 20; Euler: one UNet evaluation each)"
+    )
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
     parser.add_argument("--height", type=int, default=None, help="pixels, a multiple of 8 (default: the model's)")
     parser.add_argument("--width", type=int, default=None, help="pixels, a multiple of 8 (default: the model's)")
     parser.add_argument("--num-images", type=int, default=1, help="images for the prompt (default 1)")
     parser.add_argument("--spacing", choices=SPACINGS, default="linspace", help="noise schedule (default linspace)")
-    parser.add_argument(
-        "--sampler", choices=("euler", "heun", "euler_ancestral"), default="euler", help="solver (default euler)"
-    )
+    parser.add_argument("--sampler", choices=SAMPLERS, default="euler", help="solver (default euler)")
     parser.add_argument(
         "--weights",
         default=None,

@@ -9,6 +9,7 @@ nothing is ever unpickled.
 import json
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -76,11 +77,21 @@ def load_pipeline(
     alphas_cumprod = load_alphas_cumprod(folder / "scheduler" / "scheduler_config.json")
     preview_factors = load_preview_factors(folder)
     name = "minsd default (shapes)" if Path(weights) == DEFAULT_MODEL else str(weights)
-    return StableDiffusion(unet, vae, text_encoder, tokenizer, alphas_cumprod, device, dtype, name, preview_factors)
+    return StableDiffusion(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        alphas_cumprod=alphas_cumprod,
+        device=device,
+        dtype=dtype,
+        name=name,
+        preview_factors=preview_factors,
+    )
 
 
 @contextmanager
-def quiet_progress_bars():
+def quiet_progress_bars() -> Iterator[None]:
     """Silence transformers' and diffusers' "Loading weights" bars (in a notebook they land on the page)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging

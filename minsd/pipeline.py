@@ -6,16 +6,18 @@ the denoiser and the sampler are minsd's own. The whole loop is in `StableDiffus
 
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 from torch import nn
 
+from .choices import SAMPLERS, SPACINGS
 from .denoiser import Denoiser
-from .scheduler import SPACINGS, check_num_steps, get_sigmas, sample_euler, sample_euler_ancestral, sample_heun
+from .scheduler import check_num_steps, get_sigmas, sample_euler, sample_euler_ancestral, sample_heun
 
-SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "euler_ancestral": sample_euler_ancestral}
-STOCHASTIC = {"euler_ancestral"}  # these draw fresh noise at every step, from the seeded generator
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def compile_unet(unet: nn.Module, device: torch.device, mode: str | None = None) -> nn.Module:
@@ -23,18 +25,34 @@ def compile_unet(unet: nn.Module, device: torch.device, mode: str | None = None)
 
     CUDA: channels_last and mode "reduce-overhead" (CUDA graphs: the whole UNet replays as one
     launch, with its buffers allocated once). CPU: inductor with weight freezing, which folds the
-    weights into the compiled graph (this sets torch._inductor.config.freezing for the process).
+    weights into the compiled graph (see `FrozenCompiledUNet`).
     Each new latent size (or batch size) compiles its own graph: static shapes give the fastest kernels.
     """
     if device.type == "cuda":
         unet.to(memory_format=torch.channels_last)
-        mode = mode or "reduce-overhead"
-    else:
+        return torch.compile(unet, mode=mode or "reduce-overhead", fullgraph=True, dynamic=False)
+    return FrozenCompiledUNet(unet, mode or "default")
+
+
+class FrozenCompiledUNet(nn.Module):
+    """A UNet compiled by inductor with its weights frozen into the graph, for inference on a CPU.
+
+    Freezing is an inductor setting, read whenever a new input shape is traced and compiled, so it is
+    switched on around this module's own calls and nowhere else in the process. (Passing it as
+    torch.compile(options={"freezing": True}) does not freeze: dynamo reads it before the options apply.)
+    The weights are constants of the compiled graph: changing them afterwards changes nothing.
+    """
+
+    def __init__(self, unet: nn.Module, mode: str = "default") -> None:
+        super().__init__()
+        self.config = unet.config
+        self.compiled = torch.compile(unet, mode=mode, fullgraph=True, dynamic=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         from torch._inductor import config as inductor_config
 
-        inductor_config.freezing = True
-        mode = mode or "default"
-    return torch.compile(unet, mode=mode, fullgraph=True, dynamic=False)
+        with inductor_config.patch(freezing=True):
+            return self.compiled(x, t, context)
 
 
 # Below this many UNet parameters, sampling on a CPU is bound by per-operator overhead, not arithmetic.
@@ -70,7 +88,7 @@ class CFGDenoiser(nn.Module):
     in eps, so guiding D is the same. g = 1 is the plain conditional model (one UNet pass).
     """
 
-    def __init__(self, denoiser: Denoiser, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float):
+    def __init__(self, denoiser: Denoiser, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float) -> None:
         super().__init__()
         self.denoiser, self.cond, self.uncond, self.guidance = denoiser, cond, uncond, guidance
 
@@ -99,16 +117,17 @@ class StableDiffusion:
 
     def __init__(
         self,
+        *,
         unet: nn.Module,
         vae: nn.Module,
         text_encoder: nn.Module,
-        tokenizer,
+        tokenizer: "PreTrainedTokenizerBase",
         alphas_cumprod: torch.Tensor,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         name: str = "custom",
         preview_factors: torch.Tensor | None = None,
-    ):
+    ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or default_dtype(self.device)
         self.name = name  # which weights drew the images, for captions and logs
@@ -234,10 +253,14 @@ class StableDiffusion:
             recorded.append({k: v.float().cpu() if torch.is_tensor(v) else v for k, v in step.items()})
 
         callback = record if return_steps else None
-        if sampler in STOCHASTIC:  # the per-step noise continues the same seeded stream
-            latents = SAMPLERS[sampler](denoiser, x, sigmas, generator=generator, callback=callback, progress=progress)
-        else:
-            latents = SAMPLERS[sampler](denoiser, x, sigmas, callback=callback, progress=progress)
+        if sampler == "euler":
+            latents = sample_euler(denoiser, x, sigmas, callback=callback, progress=progress)
+        elif sampler == "heun":
+            latents = sample_heun(denoiser, x, sigmas, callback=callback, progress=progress)
+        elif sampler == "euler_ancestral":  # its fresh noise at every step continues the seeded stream
+            latents = sample_euler_ancestral(
+                denoiser, x, sigmas, generator=generator, callback=callback, progress=progress
+            )
         if not torch.isfinite(latents).all():
             raise FloatingPointError(
                 f"sampling produced NaN/inf latents ({self.name}, {self.dtype} on {self.device}); "
@@ -262,7 +285,7 @@ class StableDiffusion:
             )
         return list(negative_prompt)
 
-    def _check_inputs(self, height, width, steps, num_images, spacing, sampler) -> None:
+    def _check_inputs(self, height: int, width: int, steps: int, num_images: int, spacing: str, sampler: str) -> None:
         factor = self.vae_scale_factor
         for name, size in (("height", height), ("width", width)):
             if not isinstance(size, int) or size <= 0 or size % factor:

@@ -25,7 +25,7 @@ import torch
 
 
 class GaussianMixture:
-    def __init__(self, means, stds, weights=None):
+    def __init__(self, means, stds, weights=None) -> None:
         self.means = torch.as_tensor(means, dtype=torch.float64)  # (K, 2)
         self.stds = torch.as_tensor(stds, dtype=torch.float64)  # (K,)
         k = len(self.means)

@@ -143,7 +143,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class Deadline:
-    def __init__(self, minutes: float | None):
+    def __init__(self, minutes: float | None) -> None:
         self.end = None if minutes is None else time.monotonic() + 60 * minutes
 
     def passed(self) -> bool:
