@@ -1,13 +1,76 @@
-"""Tiny SD 1.5-shaped components (random weights) shared by the tests, and a saved diffusers folder."""
+"""What the tests share: SD 1.5's noise schedule and diffusers' schedulers on it, a stand-in eps-model,
+tiny SD 1.5-shaped components (random weights) and a saved diffusers folder of them."""
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from minsd.denoiser import Denoiser, scaled_linear_alphas_cumprod, sigmas_from_alphas_cumprod
 from minsd.loading import diffusers_unet_config
 from minsd.tokenizer import build_clip_tokenizer
 from minsd.unet import UNetConfig
+
+# -- SD 1.5's noise schedule, and diffusers' schedulers on it ---------------------------------
+
+# minsd's computation of SD 1.5's training schedule; test_denoiser.py checks it against diffusers'.
+ALPHAS_CUMPROD = scaled_linear_alphas_cumprod()  # (1000,) float64
+SIGMA_TABLE = sigmas_from_alphas_cumprod(ALPHAS_CUMPROD)  # (1000,) float64, increasing
+
+# The SD 1.5 repo's scheduler config; it names no timestep_spacing, so the tests always pin one.
+SD15_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+
+
+def euler_scheduler(spacing: str = "linspace") -> EulerDiscreteScheduler:
+    """diffusers' Euler scheduler on SD 1.5's training schedule; 'karras' is its use_karras_sigmas=True."""
+    if spacing == "karras":
+        return EulerDiscreteScheduler(**SD15_SCHEDULE, timestep_spacing="linspace", use_karras_sigmas=True)
+    return EulerDiscreteScheduler(**SD15_SCHEDULE, timestep_spacing=spacing)
+
+
+def euler_ancestral_scheduler(spacing: str = "linspace") -> EulerAncestralDiscreteScheduler:
+    """diffusers' Euler ancestral scheduler on SD 1.5's training schedule."""
+    return EulerAncestralDiscreteScheduler(**SD15_SCHEDULE, timestep_spacing=spacing)
+
+
+def diffusers_schedule(spacing: str, num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' Euler schedule for num_steps steps: sigmas (N + 1,) ending in 0 and timesteps (N,), float64."""
+    scheduler = euler_scheduler(spacing)
+    scheduler.set_timesteps(num_steps)
+    return scheduler.sigmas.double(), scheduler.timesteps.double()
+
+
+class DummyEps(torch.nn.Module):
+    """A stand-in for the UNet: a deterministic eps(x, t), smooth in x and t, that records the timesteps it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.slope = torch.nn.Parameter(torch.tensor(0.7))  # Denoiser runs the network in its parameters' dtype
+        self.seen_t = []
+
+    def forward(self, x, t, context=None):  # no text: context is ignored
+        self.seen_t.append(float(t))
+        return torch.tanh(self.slope * x + 0.3) * torch.cos(torch.as_tensor(t, dtype=torch.float32) / 400)
+
+
+def sd15_denoiser(eps_model: torch.nn.Module):
+    """minsd's Denoiser around eps_model on SD 1.5's schedule, called as the samplers call it: D(x; sigma)."""
+    denoiser = Denoiser(eps_model, ALPHAS_CUMPROD)
+    no_text = torch.zeros(1, 1, 1)  # (B, T, D): DummyEps reads no text
+
+    def denoise(x, sigma):
+        return denoiser(x, sigma, no_text)
+
+    return denoise
+
+
+# -- Tiny SD 1.5-shaped components ------------------------------------------------------------
 
 # Two tiny UNets of SD 1.5's shape: 4 levels, cross-attention on the first three down / last three up blocks.
 TINY_UNET_CONFIGS = {
@@ -81,18 +144,6 @@ def tiny_text_encoder(cross_attention_dim: int, seed: int = 0) -> CLIPTextModel:
         hidden_act="quick_gelu",
     )
     return CLIPTextModel(config).eval()
-
-
-def euler_scheduler(spacing: str = "linspace", **kwargs) -> EulerDiscreteScheduler:
-    """diffusers' Euler scheduler on SD 1.5's training schedule, the spacing pinned explicitly."""
-    return EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing=spacing,
-        **kwargs,
-    )
 
 
 def diffusers_pipeline(cfg: UNetConfig = TINY_UNET_CONFIGS["tiny-a"]) -> StableDiffusionPipeline:

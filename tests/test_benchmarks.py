@@ -11,6 +11,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_gpu_benchmark_smoke_mode():
+    """benchmarks/gpu.py --smoke runs, draws diffusers' image, and reports both speeds (diffusers = 1.00)."""
     command = [sys.executable, "gpu.py", "--smoke", "--no-compile"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=BENCHMARKS, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -30,6 +31,7 @@ def table_row(text: str, label: str) -> list[str]:
 
 
 def test_cpu_benchmark_quick_mode(tmp_path):
+    """benchmarks/cpu.py --quick writes its report; each median ratio lies within its measured range."""
     report = tmp_path / "cpu.md"
     command = [sys.executable, "cpu.py", "--quick", "--no-compile", "--out", str(report)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=BENCHMARKS, timeout=600)

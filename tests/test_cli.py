@@ -13,6 +13,7 @@ def run_cli(*args, env_extra=None):
 
 
 def test_cli_writes_images(tiny_folder, tmp_path):
+    """`python -m minsd` writes one PNG per image at the asked size, and says what it runs on."""
     out = tmp_path / "out" / "cat.png"
     result = run_cli(
         "a red circle",
@@ -44,6 +45,7 @@ def test_cli_writes_images(tiny_folder, tmp_path):
 
 
 def test_cli_reports_bad_input_in_one_line(tiny_folder, tmp_path):
+    """Bad input is one line on stderr and exit status 2: no traceback, no file."""
     result = run_cli("a red circle", "--height", "100", "--weights", str(tiny_folder), "--out", str(tmp_path / "x.png"))
     assert result.returncode == 2
     assert "minsd: error: height must be a positive multiple of 8" in result.stderr
@@ -52,6 +54,7 @@ def test_cli_reports_bad_input_in_one_line(tiny_folder, tmp_path):
 
 
 def test_cli_without_weights_offline_says_how_to_get_them(tmp_path):
+    """A missing weights folder, offline, is exit status 2 and says why it could not be loaded."""
     result = run_cli("a red circle", "--weights", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png"))
     assert result.returncode == 2
     assert "is not a local folder, and it could not be downloaded" in result.stderr

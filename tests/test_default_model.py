@@ -12,13 +12,14 @@ from torch.testing import assert_close
 
 from minsd import load_pipeline
 from minsd.loading import DEFAULT_MODEL, WEIGHTS_ENV
-from minsd.shapes import BACKGROUNDS, COLOURS, SHAPES, all_captions, classify, make_dataset
+from minsd.shapes import all_captions, classify, make_dataset
 
-# Measured on the shipped model (72 prompts, 20 Euler steps, seed 0, this CPU):
-# guidance 7.5: colour 100.0 %, shape 97.2 %; guidance 1.0: colour 86.1 %, shape 93.1 %.
+# Not a reference: this project's own earlier measurement of the shipped model (the table in README.md,
+# "The default model": 72 prompts, 20 Euler steps, seed 0). The tests guard against a regression from it:
+# each allows a drop of MARGIN (3 of the 72 images).
 MEASURED = {7.5: {"colour": 1.000, "shape": 0.972}, 1.0: {"colour": 0.861, "shape": 0.931}}
 MARGIN = 0.05
-PROMPTS = all_captions() * 3  # 72 prompts: every shape, colour and background, 3 images each
+PROMPTS = all_captions() * 3  # 72 prompts: every shape, colour and background (test_shapes.py), 3 images each
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,7 @@ def accuracy(images: np.ndarray, prompts: list[str]) -> dict:
 
 
 def test_the_default_is_announced(capsys, pipe):
+    """Without configured weights, load_pipeline says in one line that it uses the default model."""
     load_pipeline(device="cpu")
     assert (
         "no SD 1.5 weights configured (MINSD_WEIGHTS or --weights); using the default model" in capsys.readouterr().err
@@ -57,25 +59,21 @@ def sampled(pipe):
 
 @pytest.mark.parametrize("guidance", sorted(MEASURED))
 def test_prompt_following(sampled, guidance):
+    """The images show the prompt's colour and shape as often as measured (less MARGIN), and its background."""
     scores = accuracy(sampled[guidance], PROMPTS)
     for what in ("colour", "shape"):
-        floor = {"colour": 0.70, "shape": 0.65}[what] if guidance == 7.5 else 0.0
-        assert scores[what] >= max(MEASURED[guidance][what] - MARGIN, floor), scores
+        assert scores[what] >= MEASURED[guidance][what] - MARGIN, scores
     assert scores["background"] >= 0.95
 
 
 def test_guidance_improves_colour_by_ten_points(sampled):
+    """Classifier-free guidance 7.5 gets the colour right 10 points more often than none (measured above: 13.9)."""
     guided, unguided = accuracy(sampled[7.5], PROMPTS), accuracy(sampled[1.0], PROMPTS)
     assert guided["colour"] - unguided["colour"] >= 0.10
 
 
-def test_covers_every_colour_and_shape():
-    words = {w for p in PROMPTS for w in p.split()}
-    assert set(COLOURS) | set(SHAPES) | set(BACKGROUNDS) <= words and len(PROMPTS) >= 60
-
-
 def test_vae_reconstructs_held_out_images(pipe):
-    """PSNR >= 28 dB and reconstructions still classified by colour >= 95% (measured: 40.9 dB)."""
+    """Held-out images come back through the VAE at >= 28 dB PSNR (measured: 40.9 dB), still classified right."""
     images, scenes = make_dataset(256, seed=99)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255  # (N, 3, 32, 32) in [0, 1]
     pixels = pipe.decode(pipe.encode(x))  # [0, 1]
@@ -87,6 +85,7 @@ def test_vae_reconstructs_held_out_images(pipe):
 
 
 def test_diffusers_pipeline_draws_the_same_images():
+    """diffusers' StableDiffusionPipeline loads the shipped folder and draws minsd's images from the same seed."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     reference = StableDiffusionPipeline.from_pretrained(
@@ -107,7 +106,7 @@ def test_diffusers_pipeline_draws_the_same_images():
 
 
 def test_real_clip_tokenizer(pipe):
-    """FACTS: OpenAI's BPE gives these ids; the default model ships the full 49,408-token vocabulary."""
+    """The default model ships CLIP's full 49,408-token BPE vocabulary: OpenAI's tokenizer gives these ids."""
     assert len(pipe.tokenizer) == 49408
     ids = pipe.tokenizer("a photograph of an astronaut riding a horse").input_ids
     assert ids == [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]
@@ -126,6 +125,7 @@ def pixels_digest() -> str:
 
 
 def test_same_seed_same_image_across_processes(pipe):
+    """The same seed gives bit-identical pixels, in this process and in fresh ones."""
     first = pipe("a yellow square on a black background", steps=20, seed=5, progress=False)
     second = pipe("a yellow square on a black background", steps=20, seed=5, progress=False)
     assert torch.equal(first.pixels, second.pixels)

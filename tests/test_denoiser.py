@@ -1,27 +1,27 @@
-"""The denoiser's identities: sigma^-1, the VP preconditioning, the Euler step in eps form."""
+"""The denoiser's identities: sigma^-1 against diffusers, and D(x; sigma) as diffusers' Euler scheduler denoises."""
 
 import torch
-from conftest import TINY_UNET_CONFIGS, diffusers_unet, euler_scheduler
+from conftest import ALPHAS_CUMPROD, SIGMA_TABLE, TINY_UNET_CONFIGS, diffusers_unet, euler_scheduler
 from torch.testing import assert_close
 
-from minsd.denoiser import Denoiser, scaled_linear_alphas_cumprod, sigma_to_t, sigmas_from_alphas_cumprod
+from minsd.denoiser import Denoiser, sigma_to_t
 from minsd.unet import UNet
-
-ALPHAS_CUMPROD = scaled_linear_alphas_cumprod()
-SIGMA_TABLE = sigmas_from_alphas_cumprod(ALPHAS_CUMPROD)
 
 
 def test_table_matches_diffusers():
+    """SD 1.5's training schedule (scaled_linear betas) gives diffusers' alphas_cumprod."""
     scheduler = euler_scheduler()
     assert_close(ALPHAS_CUMPROD.float(), scheduler.alphas_cumprod, rtol=1e-5, atol=0)
 
 
 def test_sigma_to_t_round_trip_at_table_points():
+    """sigma^-1 maps each training step's noise level back to the step: t(sigma_t) = t."""
     t = torch.arange(1000, dtype=torch.float64)
     assert_close(sigma_to_t(SIGMA_TABLE, SIGMA_TABLE), t, rtol=0, atol=1e-9)
 
 
 def test_sigma_to_t_matches_diffusers_between_points():
+    """Between table points sigma^-1 is diffusers' _sigma_to_t (log-sigma interpolation); outside, clamped."""
     scheduler = euler_scheduler()
     log_sigmas = SIGMA_TABLE.log().numpy()
     sigmas = torch.exp(torch.linspace(SIGMA_TABLE[0].log(), SIGMA_TABLE[-1].log(), 777, dtype=torch.float64))
@@ -31,41 +31,45 @@ def test_sigma_to_t_matches_diffusers_between_points():
     assert sigma_to_t(torch.tensor([1e-4, 100.0]), SIGMA_TABLE).tolist() == [0.0, 999.0]
 
 
-def tiny_denoiser() -> Denoiser:
-    reference = diffusers_unet(TINY_UNET_CONFIGS["tiny-b"])
+def tiny_denoiser(reference) -> Denoiser:
+    """minsd's Denoiser around minsd's UNet, loaded with the weights of diffusers' reference UNet."""
     unet = UNet(TINY_UNET_CONFIGS["tiny-b"])
     unet.load_state_dict(reference.state_dict())
     return Denoiser(unet.eval(), ALPHAS_CUMPROD)
 
 
-def test_denoiser_is_eq7_with_vp_coefficients():
-    """D(x; sigma) = x - sigma F(x / sqrt(sigma^2 + 1); t(sigma)), written out by hand for one sigma."""
-    denoiser = tiny_denoiser()
+def test_denoiser_is_diffusers_pred_original_sample():
+    """D(x; sigma) is the x0 that diffusers' EulerDiscreteScheduler predicts from the same UNet, at every
+    step of a 4-step linspace schedule (t = 999, 666, 333, 0: table points, where both use the same t)."""
+    reference = diffusers_unet(TINY_UNET_CONFIGS["tiny-b"])
+    denoiser = tiny_denoiser(reference)
+    scheduler = euler_scheduler("linspace")
+    scheduler.set_timesteps(4)
+    torch.manual_seed(0)
+    context = torch.randn(2, 5, 24)
+    for sigma, t in zip(scheduler.sigmas[:-1], scheduler.timesteps, strict=True):
+        x = torch.randn(2, 4, 8, 8) * (sigma**2 + 1) ** 0.5  # x0 ~ N(0, I) plus noise of level sigma
+        with torch.no_grad():
+            eps = reference(scheduler.scale_model_input(x, t), t, context).sample
+            denoised = denoiser(x, sigma, context)
+        expected = scheduler.step(eps, t, x).pred_original_sample
+        assert_close(denoised, expected, rtol=1e-5, atol=1e-4)  # |D| up to ~70; 3.5e-5 seen, a 1% sigma error: 5e-4
+
+
+def test_c_in_is_one_over_sqrt_sigma_squared_plus_one():
+    """The seed project's README wrote c_in = 1 / (sigma^2 + 1): that gives another denoiser (VP: 1 / sqrt(.))."""
+    reference = diffusers_unet(TINY_UNET_CONFIGS["tiny-b"])
+    denoiser = tiny_denoiser(reference)
     x, context = torch.randn(2, 4, 8, 8) * 3, torch.randn(2, 5, 24)
     sigma = SIGMA_TABLE[700].float()
     with torch.no_grad():
-        eps = denoiser.unet(x / (sigma**2 + 1).sqrt(), torch.tensor(700.0), context)
-        assert_close(denoiser(x, sigma, context), x - sigma * eps, rtol=1e-5, atol=1e-5)
-        # c_in = 1 / sqrt(sigma^2 + 1), not the 1 / (sigma^2 + 1) of the original project's README.
-        wrong = denoiser.unet(x / (sigma**2 + 1), torch.tensor(700.0), context)
-        assert (x - sigma * wrong - denoiser(x, sigma, context)).abs().max() > 1e-2
-
-
-def test_euler_step_with_D_is_the_eps_step():
-    """x + (s' - s)(x - D)/s == x + (s' - s) eps: the boxed update of the book's denoiser chapter."""
-    denoiser = tiny_denoiser()
-    x, context = torch.randn(1, 4, 8, 8) * 5, torch.randn(1, 5, 24)
-    sigma, sigma_next = SIGMA_TABLE[600].float(), SIGMA_TABLE[400].float()
-    with torch.no_grad():
-        denoised = denoiser(x, sigma, context)
-        eps = denoiser.unet(x / (sigma**2 + 1).sqrt(), sigma_to_t(sigma.reshape(1), SIGMA_TABLE), context)
-    assert_close(
-        x + (sigma_next - sigma) * (x - denoised) / sigma, x + (sigma_next - sigma) * eps, rtol=1e-5, atol=1e-5
-    )
+        wrong = x - sigma * reference(x / (sigma**2 + 1), torch.tensor(700.0), context).sample
+        assert (wrong - denoiser(x, sigma, context)).abs().max() > 1e-2
 
 
 def test_per_sample_sigmas():
-    denoiser = tiny_denoiser()
+    """A batch with one sigma per sample is denoised as each sample alone at its own sigma."""
+    denoiser = tiny_denoiser(diffusers_unet(TINY_UNET_CONFIGS["tiny-b"]))
     x, context = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 24)
     sigmas = torch.tensor([0.5, 7.0])
     with torch.no_grad():

@@ -1,30 +1,20 @@
 """The dtype policy: the schedule is float64 whatever the network's dtype; only the UNet's inputs are cast."""
 
 import torch
+from conftest import ALPHAS_CUMPROD, SIGMA_TABLE, TINY_UNET_CONFIGS
 
-from minsd.denoiser import Denoiser, scaled_linear_alphas_cumprod
+from minsd.denoiser import Denoiser
 from minsd.loading import load_pipeline
 from minsd.scheduler import get_sigmas
-from minsd.unet import UNet, UNetConfig
-
-TINY = UNetConfig(
-    sample_size=8,
-    block_out_channels=(16, 32, 48, 48),
-    layers_per_block=1,
-    num_heads=4,
-    cross_attention_dim=24,
-    norm_num_groups=4,
-)
+from minsd.unet import UNet
 
 
 def test_denoiser_to_fp16_leaves_the_sigma_table_float64():
     """Module.to(float16) casts the UNet, not the table: an fp16 table would move sigma_max 14.6146 -> 14.6172."""
-    alphas_cumprod = scaled_linear_alphas_cumprod()
-    reference = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5  # float64
-    denoiser = Denoiser(UNet(TINY), alphas_cumprod).to(torch.float16)
+    denoiser = Denoiser(UNet(TINY_UNET_CONFIGS["tiny-b"]), ALPHAS_CUMPROD).to(torch.float16)
     assert next(denoiser.unet.parameters()).dtype == torch.float16
     assert denoiser.sigma_table.dtype == torch.float64
-    assert torch.equal(denoiser.sigma_table, reference)
+    assert torch.equal(denoiser.sigma_table, SIGMA_TABLE)  # the float64 table, untouched
     assert abs(denoiser.sigma_max - 14.614641) < 1e-6  # SD 1.5's sigma_max (diffusers' EulerDiscreteScheduler)
 
 

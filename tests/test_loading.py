@@ -20,6 +20,7 @@ def copy_folder(src, tmp_path):
 
 
 def test_loaded_unet_is_the_saved_one(tiny_folder, tiny_reference):
+    """load_unet reads back the saved diffusers UNet: the same outputs."""
     unet = load_unet(tiny_folder / "unet")
     x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([10.0, 900.0]), torch.randn(2, 77, 32)
     with torch.no_grad():
@@ -27,12 +28,14 @@ def test_loaded_unet_is_the_saved_one(tiny_folder, tiny_reference):
 
 
 def test_weights_from_the_environment(tiny_folder, monkeypatch):
+    """With no name given, load_pipeline loads the folder that MINSD_WEIGHTS names."""
     monkeypatch.setenv(WEIGHTS_ENV, str(tiny_folder))
     pipe = load_pipeline(device="cpu")
     assert pipe.name == str(tiny_folder) and pipe.dtype == torch.float32
 
 
 def test_missing_folder(tmp_path, monkeypatch):
+    """A path that is neither a folder nor downloadable is refused with a message that names it."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(
         FileNotFoundError, match=r"'/nonexistent/sd15' is not a local folder, and it could not be downloaded"
@@ -41,6 +44,7 @@ def test_missing_folder(tmp_path, monkeypatch):
 
 
 def test_offline_hub_id_says_how_to_get_weights(monkeypatch):
+    """A hub id that cannot be downloaded says how to fetch it (hf download) and where to point minsd."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError) as info:
         load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5")
@@ -50,6 +54,7 @@ def test_offline_hub_id_says_how_to_get_weights(monkeypatch):
 
 
 def test_file_instead_of_folder(tmp_path):
+    """A single weights file is refused: minsd needs a diffusers-format folder."""
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"")
     with pytest.raises(
@@ -60,6 +65,7 @@ def test_file_instead_of_folder(tmp_path):
 
 @pytest.mark.parametrize("missing", ["model_index.json", "vae", "scheduler/scheduler_config.json"])
 def test_missing_parts_are_named(tiny_folder, tmp_path, missing):
+    """A folder missing a part of the diffusers layout is refused, naming what is missing."""
     folder = copy_folder(tiny_folder, tmp_path)
     target = folder / missing
     shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -70,6 +76,7 @@ def test_missing_parts_are_named(tiny_folder, tmp_path, missing):
 
 
 def test_pickled_weights_are_never_read(tiny_folder, tmp_path):
+    """Only .bin (pickled) weights present: refused, never unpickled."""
     folder = copy_folder(tiny_folder, tmp_path)
     (folder / "unet" / "diffusion_pytorch_model.safetensors").rename(folder / "unet" / "diffusion_pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match=r"diffusion_pytorch_model.bin exist, but minsd never unpickles"):
@@ -119,6 +126,7 @@ def sd2_or_sdxl_unet(kind: str):
     ],
 )
 def test_other_models_are_named(tiny_folder, tmp_path, kind, message):
+    """An SD 2.x or SDXL UNet is refused, naming the config fields that are not SD 1.5's."""
     folder = copy_folder(tiny_folder, tmp_path)
     shutil.rmtree(folder / "unet")
     sd2_or_sdxl_unet(kind).save_pretrained(folder / "unet", safe_serialization=True)
@@ -147,6 +155,7 @@ def test_weights_that_do_not_fit_the_config_name_the_keys(tiny_folder, tmp_path)
 
 
 def test_v_prediction_scheduler_is_refused(tiny_folder, tmp_path):
+    """A v-prediction scheduler config is refused: minsd's denoiser is for eps-prediction."""
     folder = copy_folder(tiny_folder, tmp_path)
     path = folder / "scheduler" / "scheduler_config.json"
     config = json.loads(path.read_text())

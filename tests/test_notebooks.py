@@ -23,6 +23,7 @@ def code_cells(path: Path) -> list[str]:
 
 
 def test_every_notebook_is_in_the_book():
+    """Every notebook in notebooks/ is a page of the book's table of contents."""
     toc = (ROOT / "_toc.yml").read_text()
     assert all(f"notebooks/{p.stem}" in toc for p in NOTEBOOKS)
 

@@ -14,6 +14,7 @@ def pip_section(text: str) -> list[str]:
 
 
 def test_environment_installs_the_package_with_every_extra():
+    """environment.yml installs minsd editable with every extra that pyproject.toml defines."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     extras = set(pyproject["project"]["optional-dependencies"])
     entries = pip_section((ROOT / "environment.yml").read_text())
@@ -23,6 +24,7 @@ def test_environment_installs_the_package_with_every_extra():
 
 
 def test_environment_pins_the_same_torch_as_setup():
+    """environment.yml pins the torch version that .ci/setup installs."""
     entries = pip_section((ROOT / "environment.yml").read_text())
     setup = (ROOT / ".ci" / "setup").read_text()
     pin = re.search(r"MINSD_TORCH:-(torch==[\d.]+)", setup).group(1)
@@ -30,6 +32,7 @@ def test_environment_pins_the_same_torch_as_setup():
 
 
 def test_environment_python_is_allowed_by_pyproject():
+    """environment.yml's Python satisfies pyproject.toml's requires-python."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     minimum = re.match(r">=(\d+)\.(\d+)", pyproject["project"]["requires-python"]).groups()
     python = re.search(r"- python=(\d+)\.(\d+)", (ROOT / "environment.yml").read_text()).groups()
@@ -37,6 +40,7 @@ def test_environment_python_is_allowed_by_pyproject():
 
 
 def test_ci_runs_the_readme_test_command():
+    """CI runs the test command that the README gives."""
     readme = (ROOT / "README.md").read_text()
     command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert command in readme

@@ -19,7 +19,10 @@ def pipe(tiny_folder):
     return load_pipeline(tiny_folder, device="cpu")
 
 
-def reference_images(reference, prompt, negative=None, steps=6, guidance=7.5, seed=0, num_images=1, spacing="linspace"):
+def reference_images(
+    reference, prompt, negative=None, steps=6, guidance=7.5, seed=0, num_images=1, spacing="linspace", size=SIZE
+):
+    """diffusers' images, (B, 3, H, W) in [0, 1], for minsd's arguments."""
     reference.scheduler.register_to_config(timestep_spacing=spacing)  # pinned: the SD 1.5 repo's config says nothing
     out = reference(
         prompt,
@@ -29,7 +32,7 @@ def reference_images(reference, prompt, negative=None, steps=6, guidance=7.5, se
         output_type="np",
         generator=torch.Generator("cpu").manual_seed(seed),
         num_images_per_prompt=num_images,
-        **SIZE,
+        **size,
     )
     return torch.from_numpy(out.images).permute(0, 3, 1, 2)  # (B, 3, H, W) in [0, 1]
 
@@ -44,6 +47,7 @@ def reference_images(reference, prompt, negative=None, steps=6, guidance=7.5, se
     ],
 )
 def test_same_images_as_diffusers(pipe, tiny_reference, prompt, negative, num_images, steps, spacing):
+    """The same prompts, seed and spacing give diffusers' StableDiffusionPipeline's images, to float rounding."""
     expected = reference_images(tiny_reference, prompt, negative, steps, num_images=num_images, spacing=spacing)
     result = pipe(prompt, negative, steps=steps, num_images=num_images, spacing=spacing, progress=False, **SIZE)
     assert result.pixels.shape == expected.shape
@@ -54,12 +58,14 @@ def test_same_images_as_diffusers(pipe, tiny_reference, prompt, negative, num_im
 
 
 def test_guidance_one_is_the_conditional_model(pipe, tiny_reference):
+    """At guidance 1 (no classifier-free guidance in diffusers) the images are still diffusers'."""
     expected = reference_images(tiny_reference, "a red circle", guidance=1.0, steps=4)
     result = pipe("a red circle", guidance=1.0, steps=4, progress=False, **SIZE)
     assert_close(result.pixels, expected, rtol=0, atol=2e-5)
 
 
 def test_same_seed_same_image_and_pil_output(pipe):
+    """The same seed gives the same pixels, and the PIL image is those pixels rounded to 8 bits."""
     first = pipe("a red circle", steps=3, seed=7, progress=False, **SIZE)
     second = pipe("a red circle", steps=3, seed=7, progress=False, **SIZE)
     assert torch.equal(first.pixels, second.pixels)
@@ -69,11 +75,16 @@ def test_same_seed_same_image_and_pil_output(pipe):
     assert_close(pixels, first.pixels[0], rtol=0, atol=0.5 / 255 + 1e-6)  # rounded to 8 bits
 
 
-def test_default_size_is_the_models(pipe):
-    assert pipe.default_size == pipe.unet.config.sample_size * 8
+def test_default_size_is_diffusers_default(pipe, tiny_reference):
+    """Without height and width, minsd draws the image diffusers' pipeline draws by default (64 x 64 here)."""
+    expected = reference_images(tiny_reference, "a red circle", steps=2, size={})
+    result = pipe("a red circle", steps=2, progress=False)
+    assert result.pixels.shape == expected.shape == (1, 3, 64, 64)  # the UNet's sample_size 8 times the VAE's 8
+    assert_close(result.pixels, expected, rtol=0, atol=2e-5)
 
 
 def test_steps_are_returned_for_plotting(pipe):
+    """return_steps keeps every step's x and denoised latent at its sigma, for plots and previews."""
     result = pipe("a red circle", steps=5, return_steps=True, progress=False, **SIZE)
     assert [s["i"] for s in result.steps] == list(range(5))
     assert all(s["x"].shape == s["denoised"].shape == (1, 4, 8, 8) for s in result.steps)
@@ -97,6 +108,7 @@ def test_steps_are_returned_for_plotting(pipe):
     ],
 )
 def test_bad_inputs_are_refused(pipe, kwargs, error, message):
+    """Each bad argument is refused with an error that names it and the value given."""
     args = dict(prompt="a red circle", steps=2, progress=False, **SIZE)
     args.update(kwargs)
     with pytest.raises(error, match=message):
@@ -104,16 +116,19 @@ def test_bad_inputs_are_refused(pipe, kwargs, error, message):
 
 
 def test_negative_prompt_without_guidance_warns(pipe):
+    """A negative prompt at guidance 1 has no effect, and a warning says so."""
     with pytest.warns(UserWarning, match="the negative prompt has no effect at guidance 1.0"):
         pipe("a red circle", "blue", guidance=1.0, steps=1, progress=False, **SIZE)
 
 
 def test_long_prompt_warns(pipe):
+    """A prompt longer than the text encoder's 77 tokens gets a warning that says so."""
     with pytest.warns(UserWarning, match=r"prompt has \d+ tokens, more than the text encoder's 77"):
         pipe("red " * 100, steps=1, progress=False, **SIZE)
 
 
 def test_nan_is_reported_not_returned(pipe):
+    """A model that produces NaN raises, instead of returning a black image."""
     unet = pipe.unet
     original = unet.conv_out.bias.clone()
     try:

@@ -2,9 +2,7 @@
 
 import pytest
 import torch
-from conftest import euler_scheduler
-from diffusers import EulerAncestralDiscreteScheduler
-from test_scheduler import SIGMA_TABLE, DummyEps, minsd_denoiser_of
+from conftest import ALPHAS_CUMPROD, SIGMA_TABLE, DummyEps, euler_ancestral_scheduler, sd15_denoiser
 from torch.testing import assert_close
 
 from minsd.scheduler import (
@@ -32,13 +30,12 @@ def gaussian_denoiser(mu: float, s: float):
 
 @pytest.mark.parametrize(("spacing", "n"), [("linspace", 4), ("linspace", 25), ("leading", 10), ("trailing", 7)])
 def test_euler_ancestral_matches_diffusers(spacing, n):
+    """Denoiser + sample_euler_ancestral equals diffusers' EulerAncestralDiscreteScheduler loop on the same noise."""
     torch.manual_seed(0)
     x0 = torch.randn(2, 4, 8, 8)
 
     # diffusers' loop, its noise drawn from a CPU generator seeded like ours (same shapes, same order).
-    scheduler = EulerAncestralDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing=spacing
-    )
+    scheduler = euler_ancestral_scheduler(spacing)
     scheduler.set_timesteps(n)
     reference_eps, generator = DummyEps(), seeded(7)
     x_ref = x0 * scheduler.sigmas[0]  # the same start for both (diffusers' leading scales by sqrt(sigma^2 + 1))
@@ -48,23 +45,36 @@ def test_euler_ancestral_matches_diffusers(spacing, n):
 
     sigmas = get_sigmas(SIGMA_TABLE, n, spacing)
     assert_close(sigmas.float(), scheduler.sigmas, rtol=2e-5, atol=1e-7)
-    x = sample_euler_ancestral(minsd_denoiser_of(DummyEps()), x0 * sigmas[0].float(), sigmas, generator=seeded(7))
+    x = sample_euler_ancestral(sd15_denoiser(DummyEps()), x0 * sigmas[0].float(), sigmas, generator=seeded(7))
     # t(sigma) differs by < 0.005 training steps between the two (see test_scheduler.py): hence atol 3e-5.
     assert_close(x, x_ref, rtol=1e-5, atol=3e-5)
 
 
-def test_ancestral_step_lands_on_sigma_next():
+@pytest.mark.parametrize(("t", "s"), [(500, 499), (700, 300), (999, 0)])
+def test_ancestral_noise_is_the_ddpm_posterior(t, s):
+    """eta = 1 adds DDPM's posterior noise and lands on sigma_next: sigma_down^2 + sigma_up^2 = sigma_next^2.
+
+    From step t to s < t, q(x_s | x_t, x_0) has variance (1 - abar_s) / (1 - abar_t) (1 - abar_t / abar_s)
+    (Ho et al. 2020, eq. 7 for s = t - 1; DDIM's sigma_t at eta = 1 for any s), in the VP scaling x_s =
+    sqrt(abar_s) (x_0 + sigma_s eps): divided by abar_s, it is sigma_up^2 in minsd's sigma view.
+    """
+    abar_t, abar_s = ALPHAS_CUMPROD[t], ALPHAS_CUMPROD[s]
+    posterior_variance = (1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s)
+    sigma_down, sigma_up = ancestral_step(SIGMA_TABLE[t], SIGMA_TABLE[s])
+    assert_close(sigma_up**2, posterior_variance / abar_s, rtol=1e-9, atol=0)
+    assert_close(sigma_down**2 + sigma_up**2, SIGMA_TABLE[s] ** 2, rtol=1e-9, atol=0)
+
+
+def test_ancestral_step_without_noise_or_to_zero():
+    """eta = 0 is a plain step to sigma_next; the last step, to sigma = 0, adds no noise and goes down to 0."""
     sigma, sigma_next = torch.tensor(3.0), torch.tensor(1.2)
-    sigma_down, sigma_up = ancestral_step(sigma, sigma_next)
-    assert_close(sigma_down**2 + sigma_up**2, sigma_next**2)
-    # eta = 1 is DDPM's posterior noise; in the sigma view its variance is sigma_next^2 (1 - sigma_next^2 / sigma^2).
-    assert_close(sigma_up**2, sigma_next**2 * (1 - sigma_next**2 / sigma**2))
     assert ancestral_step(sigma, sigma_next, eta=0.0) == (sigma_next, 0.0)
-    assert_close(ancestral_step(sigma, torch.tensor(0.0))[0], torch.tensor(0.0))
+    assert ancestral_step(sigma, torch.tensor(0.0)) == (0.0, 0.0)
 
 
 def test_ancestral_with_eta_zero_is_euler():
-    denoiser = minsd_denoiser_of(DummyEps())
+    """eta = 0 adds no noise: Euler ancestral is then sample_euler."""
+    denoiser = sd15_denoiser(DummyEps())
     sigmas = get_sigmas(SIGMA_TABLE, 8)
     x = torch.randn(1, 4, 8, 8, generator=seeded(1)) * sigmas[0].float()
     ancestral = sample_euler_ancestral(denoiser, x, sigmas, generator=seeded(2), eta=0.0)
@@ -72,7 +82,8 @@ def test_ancestral_with_eta_zero_is_euler():
 
 
 def test_churn_zero_is_algorithm_1():
-    denoiser = minsd_denoiser_of(DummyEps())
+    """S_churn = 0 is Karras et al.'s Algorithm 1 (sample_heun), and draws nothing from the generator."""
+    denoiser = sd15_denoiser(DummyEps())
     sigmas = get_sigmas(SIGMA_TABLE, 8, "karras")
     x = torch.randn(1, 4, 8, 8, generator=seeded(1)) * sigmas[0].float()
     generator = seeded(2)
@@ -80,32 +91,32 @@ def test_churn_zero_is_algorithm_1():
     assert torch.equal(generator.get_state(), seeded(2).get_state())  # no noise was drawn
 
 
-def test_churn_raises_the_noise_level_as_in_algorithm_2():
-    """gamma_i = min(S_churn / N, sqrt(2) - 1) inside [S_tmin, S_tmax], else 0; the denoiser runs at sigma_hat."""
+@pytest.mark.parametrize(("s_churn", "gamma"), [(2.0, 0.2), (40.0, 2**0.5 - 1)])  # 2 / 10 steps; 40 / 10, capped
+def test_churn_raises_the_noise_level_as_in_algorithm_2(s_churn, gamma):
+    """Step i denoises at sigma_hat = (1 + gamma) sigma_i, gamma = min(S_churn / N, sqrt(2) - 1) in [S_tmin, S_tmax].
+
+    Outside that range gamma = 0; the Heun correction then denoises at sigma_{i+1} (except on the last step, to 0).
+    """
     seen = []
 
     def recording(x, sigma):
         seen.append(float(sigma))
         return torch.zeros_like(x)
 
-    n, s_churn, s_tmin, s_tmax = 10, 2.0, 0.5, 5.0
-    sigmas = get_sigmas(SIGMA_TABLE, n, "karras")
-    sample_heun_churn(
-        recording, torch.randn(1, 1, 2, 2), sigmas, generator=seeded(), s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax
-    )
-    expected = []
-    for sigma, sigma_next in zip(sigmas[:-1].float().tolist(), sigmas[1:].float().tolist(), strict=True):
-        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
-        expected.append(sigma * (1 + gamma))
-        if sigma_next > 0:
-            expected.append(sigma_next)  # the Heun correction
-    assert seen == pytest.approx(expected, rel=1e-6)
-    assert any(e > s for e, s in zip(expected[::2], sigmas.tolist(), strict=False))  # some steps did churn
+    sigmas = get_sigmas(SIGMA_TABLE, 10, "karras").float()
+    x = torch.randn(1, 1, 2, 2)
+    sample_heun_churn(recording, x, sigmas, generator=seeded(), s_churn=s_churn, s_tmin=0.5, s_tmax=5.0)
+    inside = (sigmas[:-1] >= 0.5) & (sigmas[:-1] <= 5.0)
+    assert 0 < inside.sum() < 10  # some steps churn, some do not
+    sigma_hat = torch.where(inside, (1 + gamma) * sigmas[:-1], sigmas[:-1])
+    expected = [value for i in range(9) for value in (sigma_hat[i], sigmas[i + 1])] + [sigma_hat[9]]
+    assert seen == pytest.approx([float(v) for v in expected], rel=1e-6)
 
 
 @pytest.mark.parametrize("name", ["ancestral", "churn"])
 def test_same_generator_same_sample(name):
-    denoiser = minsd_denoiser_of(DummyEps())
+    """The seeded generator is a stochastic sampler's only source of randomness, and one is required."""
+    denoiser = sd15_denoiser(DummyEps())
     sigmas = get_sigmas(SIGMA_TABLE, 10, "karras")
     x = torch.randn(1, 4, 8, 8, generator=seeded(1)) * sigmas[0].float()
 
@@ -114,7 +125,7 @@ def test_same_generator_same_sample(name):
             return sample_euler_ancestral(denoiser, x, sigmas, generator=seeded(seed))
         return sample_heun_churn(denoiser, x, sigmas, generator=seeded(seed), s_churn=5.0)
 
-    assert torch.equal(run(3), run(3))  # stateless: the seeded generator is the only source of randomness
+    assert torch.equal(run(3), run(3))  # stateless
     assert not torch.allclose(run(3), run(4))  # and it matters
     with pytest.raises(TypeError, match="seeded torch.Generator"):
         sample_euler_ancestral(denoiser, x, sigmas, generator=None)
@@ -147,19 +158,3 @@ def test_gaussian_data_is_sampled_exactly(name):
         assert_close(out, ode_answer, rtol=0, atol=0.03)  # first order: near the exact map at 200 steps
     else:
         assert correlation < 0.9  # a different sample: the fresh noise replaced part of the start
-
-
-def test_callbacks_report_every_step():
-    sigmas = get_sigmas(SIGMA_TABLE, 6)
-    for sampler in (sample_euler_ancestral, sample_heun_churn):
-        seen = []
-        sampler(
-            minsd_denoiser_of(DummyEps()), torch.randn(1, 4, 4, 4), sigmas, generator=seeded(), callback=seen.append
-        )
-        assert [s["i"] for s in seen] == list(range(6))
-        assert all(set(s) == {"i", "sigma", "sigma_next", "x", "denoised"} for s in seen)
-        assert all(s["x"].shape == s["denoised"].shape == (1, 4, 4, 4) for s in seen)
-
-
-def test_conftest_scheduler_is_sd15():  # the reference above must use SD 1.5's training schedule
-    assert_close(euler_scheduler().alphas_cumprod.double(), (1 / (1 + SIGMA_TABLE**2)), rtol=1e-5, atol=0)

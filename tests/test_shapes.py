@@ -2,10 +2,30 @@
 
 import numpy as np
 
-from minsd.shapes import BACKGROUNDS, Scene, classify, colour_counts, describe_colours, make_dataset, render
+from minsd.shapes import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    Scene,
+    all_captions,
+    classify,
+    colour_counts,
+    describe_colours,
+    make_dataset,
+    render,
+)
+
+
+def test_all_captions_are_every_combination_the_dataset_draws():
+    """all_captions is each shape x colour x background once: every caption make_dataset draws."""
+    captions = all_captions()
+    assert len(captions) == len(set(captions)) == len(SHAPES) * len(COLOURS) * len(BACKGROUNDS)
+    _, scenes = make_dataset(300, seed=2024)
+    assert {s.caption for s in scenes} == set(captions)
 
 
 def test_classifier_is_right_on_every_rendered_image():
+    """The classifier reads back the background, colour and shape of every rendered caption."""
     images, scenes = make_dataset(300, seed=2024)
     wrong = [
         (s.caption, found)
@@ -16,12 +36,14 @@ def test_classifier_is_right_on_every_rendered_image():
 
 
 def test_blank_image_has_no_shape():
+    """An image of the background alone has no colour and no shape."""
     for name, rgb in BACKGROUNDS.items():
         blank = np.full((32, 32, 3), rgb, dtype=np.uint8)
         assert classify(blank) == {"background": name, "colour": None, "shape": None}
 
 
 def test_colour_counts():
+    """colour_counts tallies the classified colours ("none" for no shape); describe_colours says it, most first."""
     scenes = [Scene("circle", "red", "black", 16, 16, 14), Scene("square", "blue", "white", 12, 20, 10)] * 2
     images = [render(s) for s in scenes] + [np.full((32, 32, 3), 20, dtype=np.uint8)]
     assert colour_counts(images) == {"red": 2, "blue": 2, "none": 1}

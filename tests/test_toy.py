@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch.distributions import MultivariateNormal
 from torch.testing import assert_close
 
 from minsd.scheduler import karras_sigmas, sample_euler, sample_heun
@@ -11,6 +12,7 @@ from minsd.toy import GaussianMixture, example_mixture, grid, loglog_slope, traj
 
 
 def test_density_integrates_to_one_on_a_grid():
+    """p(x; sigma) integrates to 1 over the plane, for the data (sigma = 0) and blurred."""
     coords, points = grid(lim=12.0, n=401)
     cell = (coords[1] - coords[0]) ** 2
     for sigma in (0.0, 0.5, 2.0):
@@ -19,6 +21,7 @@ def test_density_integrates_to_one_on_a_grid():
 
 
 def test_grid_is_row_major_in_y():
+    """grid's points run x fastest, so f(points).reshape(n, n) is an image with rows along y."""
     coords, points = grid(lim=1.0, n=3)
     assert coords.tolist() == [-1.0, 0.0, 1.0]
     assert points.shape == (9, 2)
@@ -37,6 +40,7 @@ def test_score_is_the_gradient_of_the_log_density():
 
 
 def test_one_blob_denoiser_is_the_gaussian_posterior_mean():
+    """For one Gaussian N(mu, s^2 I), D(x; sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu)."""
     blob = GaussianMixture(means=[[1.0, -2.0]], stds=[0.5])
     x, sigma = torch.tensor([[3.0, 0.0]], dtype=torch.float64), 1.5
     shrink = 0.5**2 / (0.5**2 + sigma**2)
@@ -44,6 +48,7 @@ def test_one_blob_denoiser_is_the_gaussian_posterior_mean():
 
 
 def test_trajectory_keeps_every_step_and_ends_at_the_result():
+    """trajectory is the sampler's x at every sigma, ending at what the sampler returns."""
     mixture = example_mixture()
     x = 10 * torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
     sigmas = torch.tensor([10.0, 3.0, 1.0, 0.0])
@@ -58,6 +63,7 @@ def test_trajectory_keeps_every_step_and_ends_at_the_result():
 
 
 def test_loglog_slope_of_a_power_law():
+    """loglog_slope of c n^-p is -p; an error of 0 has no logarithm and is refused."""
     steps = [4, 8, 16, 32]
     assert loglog_slope(steps, [3.0 * n**-1.5 for n in steps]) == pytest.approx(-1.5)
     with pytest.raises(ValueError, match="positive"):
@@ -81,16 +87,20 @@ def test_sampler_order_on_one_blob_against_the_exact_flow(sampler, order):
 
 
 def test_posterior_weights_are_bayes_rule():
+    """w_k(x) = pi_k N(x; mu_k, (s_k^2 + sigma^2) I) / p(x; sigma), the normal density from torch.distributions."""
     mixture = example_mixture()
     x = torch.tensor([[0.3, -0.2], [-2.0, -1.0]], dtype=torch.float64)
     sigma = 0.7
-    var = mixture.stds**2 + sigma**2  # (K,)
-    likelihood = torch.exp(-((x[:, None] - mixture.means[None]) ** 2).sum(-1) / (2 * var)) / (2 * math.pi * var)
-    joint = mixture.weights * likelihood  # (N, K)
+    blurred = [
+        MultivariateNormal(mu, (s**2 + sigma**2) * torch.eye(2, dtype=torch.float64))
+        for mu, s in zip(mixture.means, mixture.stds, strict=True)
+    ]
+    joint = mixture.weights * torch.stack([p.log_prob(x).exp() for p in blurred], dim=1)  # (N, K)
     assert_close(mixture.posterior_weights(x, sigma), joint / joint.sum(1, keepdim=True))
 
 
 def test_sample_with_components_matches_sample_and_weights():
+    """Samples come from each component as often as its weight says, spread by its std."""
     mixture = example_mixture()
     y, k = mixture.sample_with_components(20_000, generator=torch.Generator().manual_seed(0))
     assert_close(y, mixture.sample(20_000, generator=torch.Generator().manual_seed(0)))

@@ -11,6 +11,7 @@ from minsd.train import main as train
 
 
 def test_training_smoke(tmp_path):
+    """A two-step training run writes a folder minsd loads and samples from; --resume continues it."""
     merges = tmp_path / "bpe.txt.gz"  # CLIP's file format: a version line, then one merge per line
     merges.write_bytes(gzip.compress(("#version: 0.2\n" + "\n".join(" ".join(m) for m in TINY_MERGES)).encode()))
     out = tmp_path / "model"
