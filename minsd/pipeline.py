@@ -4,6 +4,8 @@ The CLIP tokenizer and text encoder come from transformers and the VAE from diff
 the denoiser and the sampler are minsd's own. The whole loop is in `StableDiffusion.generate`.
 """
 
+import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -81,6 +83,41 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """The device to run on: None for the default, else one that exists here (refused by name if not)."""
+    if device is None:
+        return default_device()
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be None, a string such as 'cuda' or 'cpu', or a torch.device, got {device!r}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"{device!r} is not a device; expected 'cpu', 'cuda', 'cuda:N' or 'mps'") from err
+    if device.type == "cuda":
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n_gpus == 0:
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no GPU visible"
+            raise ValueError(f"device {str(device)!r} is not available ({build}); use device='cpu'")
+        if device.index is not None and device.index >= n_gpus:
+            raise ValueError(f"device {str(device)!r} is not available: this machine has {n_gpus} GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} is not available on this machine; use device='cpu'")
+    elif device.type not in ("cpu", "mps"):
+        raise ValueError(f"device {str(device)!r}: minsd runs on 'cpu', 'cuda' or 'mps'")
+    return device
+
+
+def resolve_dtype(dtype: torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The network's dtype: None for the device's default, else a floating-point torch.dtype."""
+    if dtype is None:
+        return default_dtype(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(
+            f"dtype must be None or a floating-point torch.dtype such as torch.float16 or torch.float32, got {dtype!r}"
+        )
+    return dtype
+
+
 class CFGDenoiser(nn.Module):
     """Classifier-free guidance: D = D(x; sigma, uncond) + g (D(x; sigma, cond) - D(x; sigma, uncond)).
 
@@ -128,8 +165,8 @@ class StableDiffusion:
         name: str = "custom",
         preview_factors: torch.Tensor | None = None,
     ) -> None:
-        self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = dtype or default_dtype(self.device)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.name = name  # which weights drew the images, for captions and logs
         self.tokenizer = tokenizer
         self.denoiser = Denoiser(unet, alphas_cumprod).to(self.device, self.dtype).eval()
@@ -220,33 +257,47 @@ class StableDiffusion:
         return_steps: bool = False,
         progress: bool = True,
     ) -> Generation:
-        """Sample num_images images per prompt. Same seed, same images, on every device."""
+        """Sample num_images images per prompt; every argument is checked before any work is done.
+
+        Seeds and batches: the starting noise of all B = len(prompts) * num_images images is one draw
+        of shape (B, C, h, w) from torch.Generator("cpu").manual_seed(seed), prompt-major (prompt 0's
+        images first), as diffusers draws it. So the same call gives the same images on every device,
+        and image k starts from slice k: images at different positions differ even for one prompt.
+        torch fills normal noise in blocks of 16 numbers, so when 16 divides C*h*w (SD 1.5: when
+        h*w = H*W/64 is a multiple of 4) slice k is the same in any batch of more than k images, and a
+        deterministic sampler gives image k again up to float rounding (the UNet's batch differs);
+        otherwise every image depends on the batch size. euler_ancestral draws its per-step noise for
+        the whole batch too, so its images always depend on the batch.
+        """
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise TypeError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
         negatives = self._negative_prompts(negative_prompt, len(prompts))
         height = self.default_size if height is None else height
         width = self.default_size if width is None else width
-        self._check_inputs(height, width, steps, num_images, spacing, sampler)
+        self._check_arguments(height, width, steps, guidance, seed, num_images, spacing, sampler)
 
-        # 1. Text: each prompt's embedding, repeated for its images; the negative ones for guidance.
+        # 1. The schedule: N + 1 noise levels from sigma_0 down to 0 (it also refuses a step count its spacing
+        #    cannot give).
+        sigmas = get_sigmas(self.denoiser.sigma_table, steps, spacing)  # (N + 1,) float64
+
+        # 2. Text: each prompt's embedding, repeated for its images; the negative ones for guidance.
         cond = self.encode_prompts(prompts).repeat_interleave(num_images, dim=0)  # (B, T, D)
         uncond = None
         if guidance == 1.0 and negative_prompt is not None:
             warnings.warn("the negative prompt has no effect at guidance 1.0 (no unconditional pass)", stacklevel=2)
         if guidance != 1.0:
             uncond = self.encode_prompts(negatives).repeat_interleave(num_images, dim=0)  # (B, T, D)
-        denoiser = CFGDenoiser(self.denoiser, cond, uncond, guidance)
+        denoiser = CFGDenoiser(self.denoiser, cond, uncond, float(guidance))
 
-        # 2. The schedule and the starting point x_0 = sigma_0 * n, n ~ N(0, I) from a seeded CPU generator.
-        sigmas = get_sigmas(self.denoiser.sigma_table, steps, spacing)  # (N + 1,) ending in 0
+        # 3. The starting point x_0 = sigma_0 * n, n ~ N(0, I) from a seeded CPU generator.
         channels = self.unet.config.in_channels
         shape = (len(cond), channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        generator = torch.Generator("cpu").manual_seed(seed)
-        noise = torch.randn(shape, generator=generator)  # (B, 4, h, w)
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        noise = torch.randn(shape, generator=generator)  # (B, C, h, w)
         x = noise.to(self.device) * sigmas[0].item()
 
-        # 3. Solve the ODE from sigma_0 down to 0.
+        # 4. Solve the ODE from sigma_0 down to 0.
         recorded = []
 
         def record(step: dict) -> None:
@@ -267,7 +318,7 @@ class StableDiffusion:
                 "if this is fp16, try dtype=torch.float32"
             )
 
-        # 4. Latents -> pixels.
+        # 5. Latents -> pixels.
         pixels = self.decode(latents)
         return Generation(to_pil(pixels), pixels, latents.cpu(), sigmas, recorded)
 
@@ -279,28 +330,57 @@ class StableDiffusion:
             return [""] * n_prompts  # the unconditional embedding is that of the empty prompt
         if isinstance(negative_prompt, str):
             return [negative_prompt] * n_prompts
+        if not isinstance(negative_prompt, (list, tuple)) or not all(isinstance(p, str) for p in negative_prompt):
+            raise TypeError(
+                f"negative_prompt must be None, a string or a list of strings, got {type(negative_prompt).__name__}: "
+                f"{negative_prompt!r}"
+            )
         if len(negative_prompt) != n_prompts:
             raise ValueError(
                 f"got {len(negative_prompt)} negative prompts for {n_prompts} prompts; give one per prompt"
             )
         return list(negative_prompt)
 
-    def _check_inputs(self, height: int, width: int, steps: int, num_images: int, spacing: str, sampler: str) -> None:
+    def _check_arguments(
+        self,
+        height: int,
+        width: int,
+        steps: int,
+        guidance: float,
+        seed: int,
+        num_images: int,
+        spacing: str,
+        sampler: str,
+    ) -> None:
+        """Refuse, with what was wrong and what is allowed, any argument `generate` cannot use."""
         factor = self.vae_scale_factor
         for name, size in (("height", height), ("width", width)):
-            if not isinstance(size, int) or size <= 0 or size % factor:
-                lower = max(factor, size // factor * factor) if isinstance(size, int) else factor
+            if not is_integer(size):
+                raise TypeError(f"{name} must be an integer number of pixels, got {type(size).__name__}: {size!r}")
+            if size <= 0 or size % factor:
+                lower = max(factor, size // factor * factor)
                 raise ValueError(
                     f"{name} must be a positive multiple of {factor} (the VAE's downsampling factor), "
                     f"got {size!r}; try {lower} or {lower + factor}"
                 )
         check_num_steps(steps)
-        if not isinstance(num_images, int) or num_images < 1:
+        if not isinstance(guidance, numbers.Real) or isinstance(guidance, bool):
+            raise TypeError(f"guidance must be a number (e.g. 7.5), got {type(guidance).__name__}: {guidance!r}")
+        if not math.isfinite(guidance):
+            raise ValueError(f"guidance must be a finite number (e.g. 7.5; 1 turns guidance off), got {guidance!r}")
+        if not is_integer(seed) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), the range of torch's generator, got {seed!r}")
+        if not is_integer(num_images) or num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
         if spacing not in SPACINGS:
             raise ValueError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+
+
+def is_integer(value: object) -> bool:
+    """int or numpy integer, but not bool (True is an int in Python, never a count)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:

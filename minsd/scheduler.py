@@ -14,6 +14,7 @@ the Heun correction):
     x_{i+1} = x_i + (sigma_{i+1} - sigma_i) (x_i - D(x_i; sigma_i)) / sigma_i.
 """
 
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -80,8 +81,10 @@ def get_sigmas(sigma_table: torch.Tensor, num_steps: int, spacing: str = "linspa
 
 
 def check_num_steps(num_steps: int) -> None:
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"the number of sampling steps must be a positive integer, got {num_steps!r}")
+    if not isinstance(num_steps, numbers.Integral) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(
+            f"the number of sampling steps must be a positive integer, got {type(num_steps).__name__}: {num_steps!r}"
+        )
 
 
 @torch.no_grad()
@@ -138,6 +141,56 @@ def sample_heun(
         else:
             d_next = (x_euler - denoiser(x_euler, sigma_next)) / sigma_next  # slope at the end
             x = x + (d + d_next) / 2 * dt  # trapezoidal rule
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(
+    denoiser: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """DPM-Solver++(2M), Lu et al. 2022 (arXiv 2211.01095), Algorithm 2, on sigma: second order, one call a step.
+
+    In t = -log sigma (the paper's lambda) the ODE is dx/dt = D(x; sigma) - x, so a step of h = t_next - t is exactly
+    x_next = e^-h x + int_t^t_next e^(s - t_next) D ds, with e^-h = sigma_next / sigma. Holding D at D_i gives the
+    first-order step x_next = (sigma_next / sigma) x - (e^-h - 1) D_i (DDIM; here also Euler's step). 2M takes D instead
+    on the line through the last two denoised values, at the step's midpoint t + h/2:
+    D_d = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}, r = h_last / h. The first step, with no D_{i-1}, is first order.
+
+    A step to sigma = 0 returns D(x_i; sigma_i): there t_next = inf, e^-h = 0 and r = 0, so the first-order step
+    lands on D and the second-order one is undefined. No other step is lowered. diffusers' lower_order_final is not
+    mirrored: on a schedule ending in 0 it changes nothing for order 2 (its last step is the one above anyway); on one
+    ending at sigma_min > 0 its first-order last step is two calls here, sigmas[:-1] then sigmas[-2:].
+    """
+    x = x.float()
+    # Which steps end at sigma = 0, read once from a CPU copy (one transfer if sigmas are on the GPU, before the
+    # loop): the loop's `if`s test Python values only, so no step waits on the device.
+    to_zero = (sigmas.detach().cpu()[1:] == 0).tolist()
+    sigmas = sigmas.to(device=x.device, dtype=torch.float32)
+    old_denoised = None  # D(x_{i-1}; sigma_{i-1}): the one value the multistep method remembers, within this call
+    for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="DPM++ 2M", unit="step"):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoiser(x, sigma)  # D(x_i; sigma_i), (B, C, h, w)
+        if callback is not None:
+            callback({"i": i, "sigma": sigma, "sigma_next": sigma_next, "x": x, "denoised": denoised})
+        if to_zero[i]:
+            x = denoised  # sigma_next = 0: t_next = inf, the step below with e^-h = 0
+        else:
+            t, t_next = -sigma.log(), -sigma_next.log()
+            h = t_next - t
+            if old_denoised is None:
+                denoised_d = denoised  # Algorithm 2, first step: D held constant (DPM-Solver++1, i.e. DDIM)
+            else:
+                h_last = t + sigmas[i - 1].log()  # t_i - t_{i-1}
+                r = h_last / h  # Algorithm 2: r_i = h_{i-1} / h_i
+                denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised  # Algorithm 2: D_i
+            # Algorithm 2: x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x_{t_{i-1}} - alpha_{t_i} (e^-h_i - 1) D_i, in VP
+            # variables x_t = alpha_t x, sigma_t = alpha_t sigma; divided by alpha_{t_i} it is this, in ours.
+            x = (sigma_next / sigma) * x - torch.expm1(-h) * denoised_d
+        old_denoised = denoised
     return x
 
 
