@@ -91,9 +91,15 @@ class Denoiser(nn.Module):
         return self.sigma_table[-1].item()
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, h, w) at noise level sigma (a scalar or (B,)), context: (B, T, D) -> D(x; sigma), like x."""
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)  # (B or 1, 1, 1, 1)
-        c_skip, c_out, c_in, c_noise = vp_coefficients(sigma, self.sigma_table)
+        """x: (B, C, h, w) at noise level sigma (a scalar or (B,)), context: (B, T, D) -> D(x; sigma), like x.
+
+        The samplers keep the schedule on the CPU: the coefficients are computed there in float64, beside
+        sigma, and sent to x's device without waiting for it.
+        """
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1, 1)  # (B or 1, 1, 1, 1)
+        c_skip, c_out, c_in, c_noise = (
+            c.to(x.device, torch.float32, non_blocking=True) for c in vp_coefficients(sigma, self.sigma_table)
+        )
         # The network runs in its own dtype (fp16 on CUDA); the sampler's x stays float32.
         dtype = next(self.unet.parameters()).dtype
         eps = self.unet((c_in * x).to(dtype), c_noise.flatten(), context.to(dtype)).float()  # F_theta(c_in x; c_noise)

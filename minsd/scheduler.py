@@ -2,6 +2,9 @@
 
 A schedule is an explicit tensor  sigma_0 > sigma_1 > ... > sigma_{N-1} > sigma_N = 0.
 A sampler is a stateless function of (denoiser, x, sigmas): call it twice, get the same answer.
+The state x is float32 on its device (the GPU's, say); the schedule stays float64 on the CPU, so the
+loop's step sizes and its tests such as `sigma_next == 0` are computed there, never waiting for the GPU
+(a 0-d CPU tensor enters a GPU operation as a plain number).
 
 The probability-flow ODE of Karras et al. (2022), eq. (1) with sigma(t) = t, and the score of
 eq. (3), grad log p(x; sigma) = (D(x; sigma) - x) / sigma^2, give
@@ -80,6 +83,11 @@ def get_sigmas(sigma_table: torch.Tensor, num_steps: int, spacing: str = "linspa
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
+def schedule_on_cpu(sigmas: torch.Tensor) -> torch.Tensor:
+    """The samplers' view of a schedule: float64 on the CPU (one copy before the loop if it was elsewhere)."""
+    return sigmas.detach().to("cpu", torch.float64)
+
+
 def check_num_steps(num_steps: int) -> None:
     if not isinstance(num_steps, numbers.Integral) or isinstance(num_steps, bool) or num_steps < 1:
         raise ValueError(
@@ -101,7 +109,7 @@ def sample_euler(
     callback, if given, receives {"i", "sigma", "sigma_next", "x", "denoised"} at every step.
     """
     x = x.float()
-    sigmas = sigmas.to(device=x.device, dtype=torch.float32)
+    sigmas = schedule_on_cpu(sigmas)
     for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="Euler", unit="step"):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma)  # D(x_i; sigma_i)
@@ -127,7 +135,7 @@ def sample_heun(
     stays an Euler step. Costs 2N - 1 denoiser calls for N steps.
     """
     x = x.float()
-    sigmas = sigmas.to(device=x.device, dtype=torch.float32)
+    sigmas = schedule_on_cpu(sigmas)
     for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="Heun", unit="step"):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma)
@@ -166,18 +174,15 @@ def sample_dpmpp_2m(
     ending at sigma_min > 0 its first-order last step is two calls here, sigmas[:-1] then sigmas[-2:].
     """
     x = x.float()
-    # Which steps end at sigma = 0, read once from a CPU copy (one transfer if sigmas are on the GPU, before the
-    # loop): the loop's `if`s test Python values only, so no step waits on the device.
-    to_zero = (sigmas.detach().cpu()[1:] == 0).tolist()
-    sigmas = sigmas.to(device=x.device, dtype=torch.float32)
+    sigmas = schedule_on_cpu(sigmas)
     old_denoised = None  # D(x_{i-1}; sigma_{i-1}): the one value the multistep method remembers, within this call
     for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="DPM++ 2M", unit="step"):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma)  # D(x_i; sigma_i), (B, C, h, w)
         if callback is not None:
             callback({"i": i, "sigma": sigma, "sigma_next": sigma_next, "x": x, "denoised": denoised})
-        if to_zero[i]:
-            x = denoised  # sigma_next = 0: t_next = inf, the step below with e^-h = 0
+        if sigma_next == 0:
+            x = denoised  # t_next = inf: the step below with e^-h = 0
         else:
             t, t_next = -sigma.log(), -sigma_next.log()
             h = t_next - t
@@ -240,7 +245,7 @@ def sample_euler_ancestral(
     draw from `generator`, not only on the starting x. eta = 0 is plain Euler. One denoiser call a step.
     """
     x = x.float()
-    sigmas = sigmas.to(device=x.device, dtype=torch.float32)
+    sigmas = schedule_on_cpu(sigmas)
     for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="Euler ancestral", unit="step"):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma)  # D(x_i; sigma_i)
@@ -276,7 +281,7 @@ def sample_heun_churn(
     receives sigma = sigma_hat and x = x_hat, the point the denoiser was called at.
     """
     x = x.float()
-    sigmas = sigmas.to(device=x.device, dtype=torch.float32)
+    sigmas = schedule_on_cpu(sigmas)
     n_steps = len(sigmas) - 1
     for i in tqdm(range(n_steps), disable=not progress, desc="Heun churn", unit="step"):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
