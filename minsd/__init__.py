@@ -23,6 +23,7 @@ _MODULES = {
     "latents_to_rgb": "preview",
     "get_sigmas": "scheduler",
     "karras_sigmas": "scheduler",
+    "sample_dpmpp_2m": "scheduler",
     "sample_euler": "scheduler",
     "sample_euler_ancestral": "scheduler",
     "sample_heun": "scheduler",

@@ -11,4 +11,4 @@ SPACINGS = ("linspace", "leading", "trailing", "karras")
 # sample_heun_churn (Karras et al. 2022, Algorithm 2) is not among them: its four parameters
 # (s_churn, s_tmin, s_tmax, s_noise) must be tuned per model and none are published for SD; call
 # it directly, as the chapter "Beyond Euler" does.
-SAMPLERS = ("euler", "heun", "euler_ancestral")
+SAMPLERS = ("euler", "heun", "dpmpp_2m", "euler_ancestral")

@@ -10,13 +10,21 @@ import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
 from .choices import SAMPLERS, SPACINGS
 from .denoiser import Denoiser
-from .scheduler import check_num_steps, get_sigmas, sample_euler, sample_euler_ancestral, sample_heun
+from .scheduler import (
+    check_num_steps,
+    get_sigmas,
+    sample_dpmpp_2m,
+    sample_euler,
+    sample_euler_ancestral,
+    sample_heun,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -254,10 +262,18 @@ class StableDiffusion:
         num_images: int = 1,
         spacing: str = "linspace",
         sampler: str = "euler",
+        init_image: Image.Image | torch.Tensor | None = None,
+        strength: float | None = None,
         return_steps: bool = False,
         progress: bool = True,
     ) -> Generation:
         """Sample num_images images per prompt; every argument is checked before any work is done.
+
+        img2img: with an init_image (a PIL image, or (1 or len(prompts), 3, H, W) pixels in [0, 1]) the
+        ODE starts from x = z_0 + sigma_k n instead of sigma_0 n, where z_0 is the image's latents and
+        sigma_k is the schedule's step k = steps - int(steps * strength) (diffusers' rule: the last
+        int(steps * strength) of the `steps` steps are run). strength (default 0.8) is in (0, 1]: 1 starts
+        from sigma_0 with the image's latents added, small values keep most of the image.
 
         Seeds and batches: the starting noise of all B = len(prompts) * num_images images is one draw
         of shape (B, C, h, w) from torch.Generator("cpu").manual_seed(seed), prompt-major (prompt 0's
@@ -273,13 +289,23 @@ class StableDiffusion:
         if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise TypeError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
         negatives = self._negative_prompts(negative_prompt, len(prompts))
+        init_pixels = None if init_image is None else self._init_pixels(init_image, len(prompts), height, width)
+        if init_pixels is not None:
+            height, width = init_pixels.shape[-2:]
         height = self.default_size if height is None else height
         width = self.default_size if width is None else width
         self._check_arguments(height, width, steps, guidance, seed, num_images, spacing, sampler)
+        if init_pixels is not None:
+            strength = 0.8 if strength is None else strength
+            check_strength(strength, steps)
+        elif strength is not None:
+            raise ValueError(f"strength={strength!r} needs an init_image: it says how much of the image to keep")
 
         # 1. The schedule: N + 1 noise levels from sigma_0 down to 0 (it also refuses a step count its spacing
-        #    cannot give).
+        #    cannot give). img2img runs only its last int(N * strength) steps, from sigma_k.
         sigmas = get_sigmas(self.denoiser.sigma_table, steps, spacing)  # (N + 1,) float64
+        if init_pixels is not None:
+            sigmas = sigmas[steps - int(steps * strength) :]  # (int(N * strength) + 1,)
 
         # 2. Text: each prompt's embedding, repeated for its images; the negative ones for guidance.
         cond = self.encode_prompts(prompts).repeat_interleave(num_images, dim=0)  # (B, T, D)
@@ -296,6 +322,9 @@ class StableDiffusion:
         generator = torch.Generator("cpu").manual_seed(int(seed))
         noise = torch.randn(shape, generator=generator)  # (B, C, h, w)
         x = noise.to(self.device) * sigmas[0].item()
+        if init_pixels is not None:  # img2img: x = z_0 + sigma_k n, the image's latents at noise level sigma_k
+            z0 = self.encode(init_pixels)  # (1 or len(prompts), C, h, w)
+            x = x + z0.repeat_interleave(len(cond) // len(z0), dim=0)
 
         # 4. Solve the ODE from sigma_0 down to 0.
         recorded = []
@@ -308,6 +337,8 @@ class StableDiffusion:
             latents = sample_euler(denoiser, x, sigmas, callback=callback, progress=progress)
         elif sampler == "heun":
             latents = sample_heun(denoiser, x, sigmas, callback=callback, progress=progress)
+        elif sampler == "dpmpp_2m":
+            latents = sample_dpmpp_2m(denoiser, x, sigmas, callback=callback, progress=progress)
         elif sampler == "euler_ancestral":  # its fresh noise at every step continues the seeded stream
             latents = sample_euler_ancestral(
                 denoiser, x, sigmas, generator=generator, callback=callback, progress=progress
@@ -340,6 +371,38 @@ class StableDiffusion:
                 f"got {len(negative_prompt)} negative prompts for {n_prompts} prompts; give one per prompt"
             )
         return list(negative_prompt)
+
+    def _init_pixels(
+        self, init_image: Image.Image | torch.Tensor, n_prompts: int, height: int | None, width: int | None
+    ) -> torch.Tensor:
+        """img2img's image as (1 or n_prompts, 3, H, W) float32 pixels in [0, 1], checked."""
+        if isinstance(init_image, Image.Image):
+            array = np.asarray(init_image.convert("RGB"), dtype=np.float32) / 255  # (H, W, 3)
+            pixels = torch.from_numpy(array).permute(2, 0, 1)[None]  # (1, 3, H, W)
+        elif isinstance(init_image, torch.Tensor):
+            pixels = init_image.detach().float().cpu()
+        else:
+            raise TypeError(
+                f"init_image must be a PIL image or a (B, 3, H, W) tensor of pixels in [0, 1], "
+                f"got {type(init_image).__name__}"
+            )
+        if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[0] not in (1, n_prompts):
+            raise ValueError(
+                f"init_image must have shape (1 or {n_prompts}, 3, H, W) (one image, or one per prompt), "
+                f"got {tuple(pixels.shape)}"
+            )
+        if not torch.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+            raise ValueError(
+                f"init_image's pixels must be finite and in [0, 1], got values in "
+                f"[{pixels.min().item():.3g}, {pixels.max().item():.3g}]"
+            )
+        image_height, image_width = pixels.shape[-2:]
+        if (height is not None and height != image_height) or (width is not None and width != image_width):
+            raise ValueError(
+                f"init_image is {image_width} x {image_height} pixels but height={height}, width={width} were "
+                "asked; leave height and width out (they default to the image's) or resize the image"
+            )
+        return pixels
 
     def _check_arguments(
         self,
@@ -376,6 +439,19 @@ class StableDiffusion:
             raise ValueError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+
+
+def check_strength(strength: float, steps: int) -> None:
+    """img2img's strength must be in (0, 1] and leave at least one of the `steps` steps to run."""
+    if not isinstance(strength, numbers.Real) or isinstance(strength, bool):
+        raise TypeError(f"strength must be a number in (0, 1], got {type(strength).__name__}: {strength!r}")
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1] (1: start from pure noise plus the image), got {strength!r}")
+    if int(steps * strength) < 1:
+        raise ValueError(
+            f"strength {strength} of {steps} steps runs int({steps} * {strength}) = 0 steps; "
+            f"use at least {math.ceil(1 / strength)} steps or a larger strength"
+        )
 
 
 def is_integer(value: object) -> bool:
