@@ -12,8 +12,12 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .choices import SAMPLERS, SPACINGS  # torch-free: --help answers without importing torch
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # What a user's mistake raises: bad files and paths (OSError), refused values and types, NaN results.
 USER_ERRORS = (OSError, ValueError, TypeError, FloatingPointError)
@@ -49,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-images", type=positive_int, default=1, help="images for the prompt (default 1)")
     parser.add_argument("--spacing", choices=SPACINGS, default="linspace", help="noise schedule (default linspace)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="euler", help="solver (default euler)")
+    parser.add_argument("--init-image", type=Path, default=None, help="img2img: start from this image's latents")
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="img2img: how much to change the image, in (0, 1]; runs the last strength x steps steps (default 0.8)",
+    )
     parser.add_argument(
         "--weights",
         default=None,
@@ -94,6 +105,19 @@ def check_writable(paths: list[Path]) -> None:
             raise ValueError(f"--out {path}: cannot create files under {folder}")
 
 
+def read_image(path: Path) -> "Image.Image":
+    """The --init-image, decoded now, so that an unreadable file is refused before the model loads."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"--init-image {path}: no such file") from err
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"--init-image {path}: not an image Pillow can read ({err})") from err
+
+
 def save_images(images: list, paths: list[Path]) -> None:
     """Write each image to a temporary file beside its path, then rename it into place: an interrupted or
     failed save leaves neither a partial file nor a changed existing one, and no folder it created."""
@@ -120,6 +144,7 @@ def save_images(images: list, paths: list[Path]) -> None:
 def run(args: argparse.Namespace) -> int:
     paths = output_paths(args.out, args.num_images)
     check_writable(paths)  # before loading anything: a bad --out should not cost a generation
+    init_image = None if args.init_image is None else read_image(args.init_image)
 
     import torch  # after parsing: --help should not wait for torch
 
@@ -144,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
         num_images=args.num_images,
         spacing=args.spacing,
         sampler=args.sampler,
+        init_image=init_image,
+        strength=args.strength,
     )
     seconds = time.perf_counter() - start
     save_images(result.images, paths)
