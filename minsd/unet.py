@@ -13,6 +13,7 @@ Descended from cloneofsimo/minSDXL, reduced to SD 1.5.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -130,6 +131,8 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(context_dim, dim, bias=False)
         self.to_v = nn.Linear(context_dim, dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+        # None, or a function handed the attention probabilities at every call (attention_maps.py sets it).
+        self.on_probs: Callable[[torch.Tensor], None] | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
@@ -137,7 +140,12 @@ class Attention(nn.Module):
         q = self.to_q(x).view(B, N, self.num_heads, -1).transpose(1, 2)  # (B, nh, N, hs)
         k = self.to_k(context).view(B, context.shape[1], self.num_heads, -1).transpose(1, 2)  # (B, nh, M, hs)
         v = self.to_v(context).view(B, context.shape[1], self.num_heads, -1).transpose(1, 2)  # (B, nh, M, hs)
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(hs)) v: (B, nh, N, hs)
+        if self.on_probs is None:
+            out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(hs)) v: (B, nh, N, hs)
+        else:  # the same, written out, to hand over the probabilities
+            probs = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)  # (B, nh, N, M)
+            self.on_probs(probs)
+            out = probs @ v  # (B, nh, N, hs)
         out = out.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         return self.to_out[0](out)
 
