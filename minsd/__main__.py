@@ -63,7 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--weights",
         default=None,
-        help="SD 1.5 folder, single .safetensors file or hub id (default: $MINSD_WEIGHTS, else the built-in model)",
+        help="SD 1.5 folder, hub id (owner/name) or single .safetensors checkpoint "
+        "(default: $MINSD_WEIGHTS, else the built-in shapes model)",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="with a single .safetensors checkpoint: a diffusers-format folder with its configs (default: SD 1.5's)",
     )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     parser.add_argument(
@@ -150,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .loading import load_pipeline
 
-    pipe = load_pipeline(args.weights, device=args.device)
+    pipe = load_pipeline(args.weights, device=args.device, config=args.config)
     # The command owns its process, so it may set the thread count: the one this model samples fastest with.
     threads = args.threads or pipe.recommended_num_threads
     torch.set_num_threads(threads)

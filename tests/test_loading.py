@@ -54,13 +54,17 @@ def test_offline_hub_id_says_how_to_get_weights(monkeypatch):
 
 
 def test_file_instead_of_folder(tmp_path):
-    """A single weights file is refused: minsd needs a diffusers-format folder."""
+    """An empty .safetensors file is a damaged single-file checkpoint; any other file is refused."""
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"")
-    with pytest.raises(
-        NotADirectoryError, match="must be a diffusers-format folder, but .*model.safetensors is a file"
-    ):
+    with pytest.raises(ValueError, match=r"model\.safetensors is not a readable safetensors file"):
         load_pipeline(path)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("sd 1.5")
+    with pytest.raises(
+        NotADirectoryError, match=r"a diffusers-format folder or a \.safetensors checkpoint, but .*notes\.txt is"
+    ):
+        load_pipeline(notes)
 
 
 @pytest.mark.parametrize("missing", ["model_index.json", "vae", "scheduler/scheduler_config.json"])
