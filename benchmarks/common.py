@@ -15,14 +15,15 @@ TINY = UNetConfig(
 )
 
 
-def unet_flops(cfg: UNetConfig, size: int) -> dict[str, int]:
-    """FLOPs of one UNet forward at batch 2 with size x size latents, per operator ("convolution",
-    "addmm", "mm", "bmm"), counted on meta tensors: attention is counted as its two batched matmuls."""
+def unet_flops(cfg: UNetConfig, size: int, batch: int = 2) -> dict[str, int]:
+    """FLOPs of one UNet forward at `batch` (2: one image with guidance) with size x size latents, per operator
+    ("convolution", "addmm", "mm", "bmm"), counted on meta tensors: attention is counted as its two batched matmuls."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
         unet = UNet(cfg)
-        x, t, context = torch.zeros(2, 4, size, size), torch.zeros(2), torch.zeros(2, 77, cfg.cross_attention_dim)
+        x, t = torch.zeros(batch, 4, size, size), torch.zeros(batch)
+        context = torch.zeros(batch, 77, cfg.cross_attention_dim)
     with FlopCounterMode(display=False) as counter:
         unet(x, t, context)
     return {str(op).split(".")[-1]: n for op, n in counter.get_flop_counts()["Global"].items()}
@@ -136,11 +137,12 @@ def pipeline_pair(cfg: UNetConfig, device, dtype, tiny_parts: bool):
     return reference, pipe
 
 
-def diffusers_pixels(reference, prompt: str, steps: int, size: int, latents=None) -> torch.Tensor:
-    """diffusers' image for a prompt: guidance 7.5, seed 0 (or the given starting latents), (B, 3, H, W)."""
+def diffusers_pixels(reference, prompt: str, steps: int, size: int, latents=None, num_images: int = 1) -> torch.Tensor:
+    """diffusers' images for a prompt: guidance 7.5, seed 0 (or the given starting latents), (B, 3, H, W)."""
     generator = torch.Generator("cpu").manual_seed(0)
     return reference(
         prompt,
+        num_images_per_prompt=num_images,
         num_inference_steps=steps,
         guidance_scale=7.5,
         height=size,
@@ -151,9 +153,11 @@ def diffusers_pixels(reference, prompt: str, steps: int, size: int, latents=None
     ).images
 
 
-def minsd_pixels(pipe, prompt: str, steps: int, size: int) -> torch.Tensor:
-    """minsd's image for the same prompt, guidance 7.5, seed 0: (B, 3, H, W)."""
-    return pipe(prompt, steps=steps, guidance=7.5, height=size, width=size, seed=0, progress=False).pixels
+def minsd_pixels(pipe, prompt: str, steps: int, size: int, num_images: int = 1) -> torch.Tensor:
+    """minsd's images for the same prompt, guidance 7.5, seed 0: (B, 3, H, W)."""
+    return pipe(
+        prompt, steps=steps, guidance=7.5, height=size, width=size, seed=0, num_images=num_images, progress=False
+    ).pixels
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
