@@ -102,6 +102,19 @@ def nearest(colour: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str
     return names[int(np.argmin(distances))]
 
 
+def border_colour(image) -> np.ndarray:
+    """The median colour of an (H, W, 3) image's border pixels: its background. (3,) float64."""
+    pixels = np.asarray(image, dtype=np.float64)  # (H, W, 3)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])  # (4 (H + W), 3)
+    return np.median(border, axis=0)
+
+
+def foreground_mask(image) -> np.ndarray:
+    """(H, W) bool: the pixels of an (H, W, 3) uint8 image far (> 60 in RGB) from its border's colour."""
+    pixels = np.asarray(image, dtype=np.float64)  # (H, W, 3)
+    return np.linalg.norm(pixels - border_colour(pixels), axis=-1) > 60
+
+
 def classify(image) -> dict[str, str | None]:
     """(H, W, 3) uint8 image (array or PIL) -> {"background", "colour", "shape"}; colour and shape
     are None if nothing stands out from the background.
@@ -112,10 +125,8 @@ def classify(image) -> dict[str, str | None]:
     triangle ~1/2) and its width profile (a triangle widens downwards).
     """
     pixels = np.asarray(image, dtype=np.float64)  # (H, W, 3)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])  # (4 (H + W), 3)
-    background_rgb = np.median(border, axis=0)
-    background = nearest(background_rgb, BACKGROUNDS)
-    mask = np.linalg.norm(pixels - background_rgb, axis=-1) > 60  # (H, W): the foreground
+    background = nearest(border_colour(pixels), BACKGROUNDS)
+    mask = foreground_mask(pixels)  # (H, W)
     if mask.sum() < 4:
         return {"background": background, "colour": None, "shape": None}
     colour = nearest(np.median(pixels[mask], axis=0), COLOURS)
