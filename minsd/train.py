@@ -17,6 +17,7 @@ in the frozen VAE's latent space), then the diffusers-format folder. Runs on CUD
 """
 
 import argparse
+import copy
 import gzip
 import json
 import math
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -200,12 +202,15 @@ def reconstruction_psnr(vae, images: torch.Tensor) -> float:
 # Stage 2: the UNet and the text encoder
 
 
-def train_unet(unet, text_encoder, latents, token_ids, empty_ids, args) -> tuple[int, list[torch.Tensor]]:
+def train_unet(
+    unet, text_encoder, latents, token_ids, empty_ids, args, callback=None, progress: bool = True
+) -> tuple[int, list[torch.Tensor]]:
     """eps-prediction on SD's schedule: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, loss |eps - F(x_t, t)|^2.
 
     Min-SNR-5 weighting (Hang et al. 2023) evens out the timesteps; 10% of the captions are replaced
     by the empty prompt, so that the model also learns the unconditional D for guidance.
     Returns the steps taken and an exponential moving average of the weights (decay 0.999).
+    callback, if given, is called after every step with {"step", "loss"} (the step just taken, from 0).
     """
     device = latents.device
     alphas_cumprod = scaled_linear_alphas_cumprod().float().to(device)
@@ -214,7 +219,7 @@ def train_unet(unet, text_encoder, latents, token_ids, empty_ids, args) -> tuple
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed + 1)
     deadline = Deadline(args.max_minutes)
-    bar = tqdm(range(args.unet_stop or args.unet_steps), desc="UNet + text encoder", unit="step")
+    bar = tqdm(range(args.unet_stop or args.unet_steps), desc="UNet + text encoder", unit="step", disable=not progress)
     for step in bar:
         index = torch.randint(len(latents), (args.unet_batch,), generator=generator)
         x0, ids = latents[index], token_ids[index]
@@ -239,9 +244,88 @@ def train_unet(unet, text_encoder, latents, token_ids, empty_ids, args) -> tuple
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - 0.999)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
+        if callback is not None:
+            callback({"step": step, "loss": loss.item()})
         if deadline.passed():
             return step + 1, ema
     return len(bar), ema
+
+
+# A UNet small enough to learn something in seconds on one CPU thread (for the book's training chapter).
+BRIEF_UNET_CONFIG = UNetConfig(
+    sample_size=8,
+    block_out_channels=(32, 64),  # two levels: 8 x 8 and 4 x 4
+    layers_per_block=1,
+    num_heads=4,
+    cross_attention_dim=32,  # the default model's text encoder
+    norm_num_groups=8,
+)
+
+
+@dataclass
+class BriefRun:
+    """What `train_briefly` returns: the loss of every step and copies of the UNet taken during the run."""
+
+    losses: list[float]  # the (min-SNR weighted) loss of each step
+    seconds: list[float]  # the time of each step's end, from the start of training
+    checkpoints: list[tuple[int, float, UNet]]  # (steps taken, seconds, the UNet after them), in order
+
+
+def train_briefly(
+    pipe,
+    seconds: float,
+    steps: int,
+    config: UNetConfig = BRIEF_UNET_CONFIG,
+    n_images: int = 512,
+    batch: int = 32,
+    lr: float = 2e-3,
+    checkpoint_times: tuple[float, ...] = (0.125, 0.25, 0.5),
+    seed: int = 0,
+) -> BriefRun:
+    """Train a fresh UNet of `config` with `train_unet`, in the latent space of `pipe`'s VAE and with its
+    text encoder (both frozen), for at most `steps` steps or `seconds` seconds, whichever ends first.
+
+    The learning rate follows `cosine_lr` over `steps`, as --unet-steps does. A copy of the UNet is kept
+    before the first step, at each of `checkpoint_times` (fractions of `seconds` or of `steps`, whichever
+    comes first) and at the end.
+    """
+    images, scenes = make_dataset(n_images, seed=seed, image_size=pipe.default_size)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255  # (N, 3, H, W) in [0, 1]
+    latents = pipe.encode(pixels)  # (N, 4, h, w), scaled: the x_0 of training
+
+    def ids_of(captions: list[str]) -> torch.Tensor:
+        max_length = pipe.tokenizer.model_max_length
+        encoded = pipe.tokenizer(captions, padding="max_length", max_length=max_length, truncation=True)
+        return torch.tensor(encoded.input_ids, device=pipe.device)
+
+    token_ids = ids_of([s.caption for s in scenes])  # (N, T)
+    empty_ids = ids_of([""])  # (1, T)
+    with torch.random.fork_rng(devices=[]):  # a seeded initialisation, leaving the global generator as it was
+        torch.manual_seed(seed)
+        unet = UNet(config).to(pipe.device).train()  # float32, also where pipe samples in float16
+    text_encoder = copy.deepcopy(pipe.text_encoder).float().requires_grad_(False)  # frozen: AdamW skips it
+    args = argparse.Namespace(
+        lr=lr, unet_steps=steps, unet_stop=None, unet_batch=batch, seed=seed, max_minutes=seconds / 60
+    )
+
+    def snapshot(steps_taken: int, elapsed: float) -> tuple[int, float, UNet]:
+        return steps_taken, elapsed, copy.deepcopy(unet).eval().requires_grad_(False)
+
+    run = BriefRun(losses=[], seconds=[], checkpoints=[snapshot(0, 0.0)])
+    pending = sorted(checkpoint_times)
+    start = time.monotonic()
+
+    def record(step: dict) -> None:
+        elapsed = time.monotonic() - start
+        run.losses.append(step["loss"])
+        run.seconds.append(elapsed)
+        while pending and (elapsed >= pending[0] * seconds or step["step"] + 1 >= pending[0] * steps):
+            pending.pop(0)
+            run.checkpoints.append(snapshot(step["step"] + 1, elapsed))
+
+    taken, _ = train_unet(unet, text_encoder, latents, token_ids, empty_ids, args, callback=record, progress=False)
+    run.checkpoints.append(snapshot(taken, time.monotonic() - start))
+    return run
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,3 +42,19 @@ def test_training_smoke(tmp_path):
     pipe = load_pipeline(tmp_path / "resumed", device="cpu")
     result = pipe("a red circle", steps=2, progress=False)
     assert result.pixels.shape == (1, 3, 32, 32) and torch.isfinite(result.pixels).all()
+
+
+def test_train_briefly_stops_keeps_checkpoints_and_learns():
+    """The book's live run: a step cap ends it, it keeps the untrained UNet, one per checkpoint fraction and
+    the last; two runs with one seed learn the same weights; the loss falls; the pipeline is untouched."""
+    from minsd.train import train_briefly
+
+    pipe = load_pipeline(device="cpu")
+    before = [p.clone() for p in pipe.text_encoder.parameters()]
+    first = train_briefly(pipe, seconds=600, steps=8, n_images=64, batch=8)
+    second = train_briefly(pipe, seconds=600, steps=8, n_images=64, batch=8)
+    assert [steps for steps, _, _ in first.checkpoints] == [0, 1, 2, 4, 8]  # 0, 1/8, 1/4, 1/2 of 8, the end
+    assert len(first.losses) == 8 and first.losses[-1] < first.losses[0]
+    final_first, final_second = first.checkpoints[-1][2], second.checkpoints[-1][2]
+    assert all(torch.equal(a, b) for a, b in zip(final_first.parameters(), final_second.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, pipe.text_encoder.parameters()))
