@@ -52,6 +52,11 @@ def spaced_timesteps(
         t = (M * torch.arange(N, 0, -1, dtype=torch.float64) / N).round() - 1
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of 'linspace', 'leading', 'trailing'")
+    if t[0] > M - 1:  # leading at N = M: steps_offset pushes the first step past the table
+        raise ValueError(
+            f"{spacing!r} spacing with {N} steps would start at t = {t[0]:.0f}, past the last training step "
+            f"{M - 1}; use at most {N - 1} steps"
+        )
     return t
 
 

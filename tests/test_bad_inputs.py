@@ -42,6 +42,7 @@ GENERATE_CASES = [
     ("steps True", {"steps": True}, ValueError, "steps must be a positive integer, got bool"),
     ("leading beyond M", {"steps": 1001, "spacing": "leading"}, ValueError, "at most 1000 steps, got 1001"),
     ("trailing beyond M", {"steps": 1500, "spacing": "trailing"}, ValueError, "at most 1000 steps, got 1500"),
+    ("leading at M", {"steps": 1000, "spacing": "leading"}, ValueError, "would start at t = 1000, past the last"),
     ("guidance a string", {"guidance": "7.5"}, TypeError, "guidance must be a number (e.g. 7.5), got str"),
     ("guidance None", {"guidance": None}, TypeError, "guidance must be a number"),
     ("guidance NaN", {"guidance": math.nan}, ValueError, "guidance must be a finite number"),
