@@ -4,8 +4,9 @@ The one place where the chapters are executed. Asserts that the build succeeds w
 and that every page reads clean in a 1280 px wide window: no local resource fails to load, every
 figure is drawn, each player's "next frame" button changes its frame, no Markdown table is shown
 as raw pipe text, no display equation or code cell is wider than the text column, no output shows
-a traceback, an error or a warning, no link text shows raw LaTeX, and the sidebar numbers the
-chapters as their files do. Screenshots of every page are kept in tests/output/book/ (not in git).
+a traceback, an error or a warning, no link text shows raw LaTeX, the sidebar numbers the chapters
+as their files do, and every chapter's exercises have worked solutions, collapsed until clicked.
+Screenshots of every page are kept in tests/output/book/ (not in git).
 """
 
 import functools
@@ -95,6 +96,23 @@ READING_PROBLEMS = r"""() => {
 }"""
 
 
+# The worked solutions of a chapter's exercises: dropdown admonitions titled "Solution..." (collapsed by
+# sphinx-togglebutton: class toggle-hidden, body hidden) and code cells tagged hide-cell whose source starts
+# "# Solution to exercise" (a closed <details>). Returns counts, and how many of each a reader sees open.
+SOLUTIONS = r"""() => {
+  const main = document.querySelector("main") || document.body;
+  const admonitions = [...main.querySelectorAll(".admonition.dropdown")]
+    .filter(a => /^Solution/.test((a.querySelector(".admonition-title")?.textContent || "").trim()));
+  const visible = (e) => getComputedStyle(e).visibility !== "hidden";
+  const shown = admonitions.filter(a => !a.classList.contains("toggle-hidden")
+    || [...a.querySelectorAll(":scope > .admonition-title ~ *")].some(visible));
+  const cells = [...main.querySelectorAll("details.hide")]
+    .filter(d => d.textContent.includes("# Solution to exercise"));
+  const open = cells.filter(d => d.open).length;
+  return {admonitions: admonitions.length, shown: shown.length, cells: cells.length, open: open};
+}"""
+
+
 def sidebar_problems(page) -> list[str]:
     """The sidebar numbers each chapter as its file is numbered: notebooks/02_euler is chapter 2."""
     links = page.eval_on_selector_all(
@@ -120,7 +138,7 @@ def test_book_in_a_browser(book, server):
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    problems, players_seen = [], 0
+    problems, players_seen, solutions_seen = [], 0, 0
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -143,6 +161,13 @@ def test_book_in_a_browser(book, server):
                 problems.append(f"{name}: broken images {broken}")
             if name.startswith("notebooks/") and page.locator("main img").count() == 0:
                 problems.append(f"{name}: a chapter without a single figure")
+            if name.startswith("notebooks/"):
+                solutions = page.evaluate(SOLUTIONS)
+                solutions_seen += solutions["admonitions"]
+                if solutions["admonitions"] == 0:
+                    problems.append(f"{name}: exercises without a single worked solution")
+                if solutions["shown"] or solutions["open"]:
+                    problems.append(f"{name}: solutions open on arrival {solutions}")
             page.evaluate("async () => { if (window.MathJax?.startup) await MathJax.startup.promise; }")
             problems += [f"{name}: {problem}" for problem in page.evaluate(READING_PROBLEMS)]
             problems += [f"{name}: {problem}" for problem in sidebar_problems(page)]
@@ -161,3 +186,4 @@ def test_book_in_a_browser(book, server):
         browser.close()
     assert not problems, "\n".join(problems)
     assert players_seen >= 6  # the sliders of chapters 1-8, drawn in advance
+    assert solutions_seen >= 3 * len([p for p in pages(book) if p.startswith("notebooks/")])
