@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def run_cli(*args, env_extra=None):
@@ -58,3 +58,19 @@ def test_cli_chooses_threads_for_the_model(tmp_path):
     assert "1 CPU thread)" in chosen.stderr, chosen.stderr
     forced = run_cli("a red circle on a black background", "--steps", "2", "--threads", "2", "--out", out)
     assert "2 CPU threads)" in forced.stderr, forced.stderr
+
+
+def test_cli_img2img_writes_an_image_of_the_inputs_size(tmp_path):
+    """--init-image and --strength: the default model turns a red circle into the prompt's image, same size."""
+    drawing = tmp_path / "circle.png"
+    image = Image.new("RGB", (32, 32), "black")
+    ImageDraw.Draw(image).ellipse((6, 6, 26, 26), fill="red")
+    image.save(drawing)
+    out = tmp_path / "square.png"
+    result = run_cli(
+        "a blue square on a black background", "--init-image", str(drawing), "--strength", "0.5", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(out)]
+    assert Image.open(out).size == (32, 32)
+    assert "Euler: 100%" in result.stderr and "10/10" in result.stderr  # int(20 * 0.5) steps run
