@@ -332,6 +332,14 @@ def train_briefly(
 # Stage 3: the folder
 
 
+def loss_curve(losses: list[float], window: int = 10) -> list[list[float]]:
+    """[[last step of the window, mean loss over the window], ...]: the training curve, small enough to keep."""
+    return [
+        [min(i + window, len(losses)), round(sum(losses[i : i + window]) / len(losses[i : i + window]), 5)]
+        for i in range(0, len(losses), window)
+    ]
+
+
 def preview_factors(latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """Least-squares (C, 3) map from scaled latents to the mean colour of each latent pixel's patch."""
     factor = images.shape[-1] // latents.shape[-1]
@@ -414,7 +422,10 @@ def main(argv=None) -> None:
 
         unet = load_unet(args.resume / "unet").to(device).train()
         text_encoder = CLIPTextModel.from_pretrained(args.resume / "text_encoder").to(device).train()
-    unet_steps, ema = train_unet(unet, text_encoder, latents, token_ids, empty_ids, args)
+    losses = []  # the (min-SNR weighted) loss of every UNet step, for the record's curve
+    unet_steps, ema = train_unet(
+        unet, text_encoder, latents, token_ids, empty_ids, args, callback=lambda step: losses.append(step["loss"])
+    )
     with torch.no_grad():
         for p, average in zip(list(unet.parameters()) + list(text_encoder.parameters()), ema):
             p.copy_(average)
@@ -428,6 +439,7 @@ def main(argv=None) -> None:
         "unet_steps": unet_steps,
         "vae_held_out_psnr_db": round(vae_psnr, 2),
         "minutes": round((time.time() - start) / 60, 1),
+        "unet_loss_curve": loss_curve(losses),
     }
     if args.resume is not None:
         record["resumed_from"] = json.loads((args.resume / "training.json").read_text())

@@ -33,6 +33,7 @@ def test_training_smoke(tmp_path):
     )
     record = json.loads((out / "training.json").read_text())
     assert record["vae_steps"] == 2 and record["unet_steps"] == 2
+    assert [step for step, _ in record["unet_loss_curve"]] == [2]  # one window of the 2 steps, with its mean loss
     assert len(json.loads((out / "vae" / "preview_factors.json").read_text())) == 4  # (4, 3) latent -> RGB
 
     train(["--out", str(tmp_path / "resumed"), "--resume", str(out), "--unet-steps", "3", "--unet-stop", "2", *common])
