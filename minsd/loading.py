@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .denoiser import scaled_linear_alphas_cumprod
-from .pipeline import StableDiffusion, resolve_device, resolve_dtype
+from .pipeline import StableDiffusion, is_integer, resolve_device, resolve_dtype
 from .unet import UNet, UNetConfig
 
 if TYPE_CHECKING:
@@ -411,7 +411,7 @@ def read_json(path: Path) -> dict:
 
 
 def is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return is_integer(value) and value > 0
 
 
 def is_number(value: object) -> bool:
