@@ -2,12 +2,14 @@
 
     python benchmarks/attention_maps.py [--repeats 9] [--before GIT_REVISION]
 
-One UNet forward (batch 2, as under guidance), three ways, on identical random weights: diffusers'
-UNet2DConditionModel, minsd's UNet (recording off: every attention one fused SDPA call) and minsd's UNet
-while `recording_cross_attention` is active (cross-attention written out, probabilities kept). Rounds
-alternate the order, and ratios are taken within a round (see common.rounds), so a busy machine hits
-every side alike. One CPU thread. With --before, minsd's UNet as it was at that git revision runs too
-(from `git show REV:minsd/unet.py`), so that "off" can be compared with the code before recording existed.
+One UNet forward (batch 2, as under guidance), three ways, on identical random weights:
+diffusers' UNet2DConditionModel, minsd's UNet (recording off: every attention one fused
+SDPA call) and minsd's UNet while `recording_cross_attention` is active (cross-attention
+written out, probabilities kept). Rounds alternate the order, and ratios are taken
+within a round (see common.rounds), so a busy machine hits every side alike. One CPU
+thread. With --before, minsd's UNet as it was at that git revision runs too (from `git
+show REV:minsd/unet.py`), so that "off" can be compared with the code before recording
+existed.
 """
 
 import argparse
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the checkout
+# run from anywhere in the checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import cpu_name, paired_ratio, rounds, table, unet_pair  # noqa: E402
 
@@ -31,10 +34,15 @@ from minsd.unet import UNetConfig  # noqa: E402
 
 
 def unet_at(revision: str) -> type:
-    """The UNet class of minsd/unet.py at a git revision (the file imports only torch)."""
+    """The UNet class of minsd/unet.py at a git revision (the file imports only
+    torch)."""
     root = Path(__file__).resolve().parents[1]
     source = subprocess.run(
-        ["git", "show", f"{revision}:minsd/unet.py"], cwd=root, capture_output=True, text=True, check=True
+        ["git", "show", f"{revision}:minsd/unet.py"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     path = Path(tempfile.mkdtemp()) / "unet_before.py"
     path.write_text(source)
@@ -44,8 +52,11 @@ def unet_at(revision: str) -> type:
     return module.UNet
 
 
-def time_case(name: str, cfg: UNetConfig, size: int, repeats: int, before_class: type | None) -> list[str]:
-    """One table row: the three (or four) UNets timed in alternating rounds at size x size latents."""
+def time_case(
+    name: str, cfg: UNetConfig, size: int, repeats: int, before_class: type | None
+) -> list[str]:
+    """One table row: the three (or four) UNets timed in alternating rounds at size x
+    size latents."""
     reference, unet = unet_pair(cfg, "cpu", torch.float32)
     torch.manual_seed(0)
     x, t = torch.randn(2, cfg.in_channels, size, size), torch.tensor([500.0, 500.0])
@@ -55,7 +66,11 @@ def time_case(name: str, cfg: UNetConfig, size: int, repeats: int, before_class:
         with recording_cross_attention(unet):
             unet(x, t, context)
 
-    fns = {"diffusers": lambda: reference(x, t, context), "off": lambda: unet(x, t, context), "on": recording}
+    fns = {
+        "diffusers": lambda: reference(x, t, context),
+        "off": lambda: unet(x, t, context),
+        "on": recording,
+    }
     if before_class is not None:
         before = before_class(cfg).eval()
         before.load_state_dict(unet.state_dict())
@@ -82,15 +97,31 @@ def time_case(name: str, cfg: UNetConfig, size: int, repeats: int, before_class:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--before", default=None, help="a git revision whose UNet to time beside today's")
+    parser.add_argument(
+        "--before",
+        default=None,
+        help="a git revision whose UNet to time beside today's",
+    )
     args = parser.parse_args()
     before_class = unet_at(args.before) if args.before else None
     torch.set_num_threads(1)
-    default = unet_config_from_diffusers(json.loads((DEFAULT_MODEL / "unet" / "config.json").read_text()))
+    default = unet_config_from_diffusers(
+        json.loads((DEFAULT_MODEL / "unet" / "config.json").read_text())
+    )
     cases = [("default model", default, 8), ("SD 1.5", UNetConfig(), 16)]
-    rows = [time_case(name, cfg, size, args.repeats, before_class) for name, cfg, size in cases]
-    print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread, {args.repeats} rounds")
-    header = ["UNet", "minsd off, ms", "off / diffusers (range)", "recording / off (range)"]
+    rows = [
+        time_case(name, cfg, size, args.repeats, before_class)
+        for name, cfg, size in cases
+    ]
+    print(
+        f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread, {args.repeats} rounds"
+    )
+    header = [
+        "UNet",
+        "minsd off, ms",
+        "off / diffusers (range)",
+        "recording / off (range)",
+    ]
     if before_class is not None:
         header.append(f"off / minsd at {args.before} (range)")
     print(table(rows, header))

@@ -1,11 +1,13 @@
 """How long the book takes to build, per chapter, on a quiet machine and on a busy one.
 
-    python benchmarks/book.py [--busy 2] [--only quiet|loaded] [--out benchmarks/results/book.md]
+    python benchmarks/book.py [--busy 2] [--only quiet|loaded] [--out
+    benchmarks/results/book.md]
 
-Runs the README's strict build (`jupyter-book build . --all -W -n --keep-going`, every notebook
-executed) into a temporary folder twice: once as it is, once beside `--busy` processes that each
-spin one core (`python -c "while True: pass"`) for the whole build, as on a user's busy laptop.
-Prints each chapter's execution time (myst-nb's own measurement) and the whole build's.
+Runs the README's strict build (`jupyter-book build . --all -W -n --keep-going`, every
+notebook executed) into a temporary folder twice: once as it is, once beside `--busy`
+processes that each spin one core (`python -c "while True: pass"`) for the whole build,
+as on a user's busy laptop. Prints each chapter's execution time (myst-nb's own
+measurement) and the whole build's.
 """
 
 import argparse
@@ -26,11 +28,25 @@ EXECUTED = re.compile(r"notebooks/(\S+)\.md: Executed notebook in ([\d.]+) secon
 
 
 def build(busy: int) -> dict:
-    """One strict build beside `busy` spinning processes: chapter -> seconds, plus the total and the status."""
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    """One strict build beside `busy` spinning processes: chapter -> seconds, plus the
+    total and the status."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(busy)
+    ]
     try:
         with tempfile.TemporaryDirectory() as out:
-            command = [str(JUPYTER_BOOK), "build", str(ROOT), "--path-output", out, "--all", "-W", "-n", "--keep-going"]
+            command = [
+                str(JUPYTER_BOOK),
+                "build",
+                str(ROOT),
+                "--path-output",
+                out,
+                "--all",
+                "-W",
+                "-n",
+                "--keep-going",
+            ]
             start = time.perf_counter()
             result = subprocess.run(command, capture_output=True, text=True)
             seconds = time.perf_counter() - start
@@ -46,21 +62,44 @@ def build(busy: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--busy", type=int, default=2, help="spinning processes beside the loaded build")
-    parser.add_argument("--only", choices=("quiet", "loaded"), default=None, help="run one of the two builds")
-    parser.add_argument("--out", type=Path, default=None, help="also write the report (markdown) here")
+    parser.add_argument(
+        "--busy", type=int, default=2, help="spinning processes beside the loaded build"
+    )
+    parser.add_argument(
+        "--only",
+        choices=("quiet", "loaded"),
+        default=None,
+        help="run one of the two builds",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also write the report (markdown) here"
+    )
     args = parser.parse_args()
 
     runs = {}
     for label, busy in (("quiet", 0), ("loaded", args.busy)):
         if args.only in (None, label):
             runs[label] = build(busy)
-            print(f"{label}: {runs[label]['total']:.0f} s, exit status {runs[label]['status']}", file=sys.stderr)
+            print(
+                f"{label}: {runs[label]['total']:.0f} s, exit status {runs[label]['status']}",
+                file=sys.stderr,
+            )
 
     chapters = sorted({name for run in runs.values() for name in run["chapters"]})
     header = ["chapter", *(f"{label} (s)" for label in runs)]
-    rows = [[name, *(f"{run['chapters'].get(name, float('nan')):.1f}" for run in runs.values())] for name in chapters]
-    rows.append(["whole build (wall clock)", *(f"{run['total']:.0f}" for run in runs.values())])
+    rows = [
+        [
+            name,
+            *(
+                f"{run['chapters'].get(name, float('nan')):.1f}"
+                for run in runs.values()
+            ),
+        ]
+        for name in chapters
+    ]
+    rows.append(
+        ["whole build (wall clock)", *(f"{run['total']:.0f}" for run in runs.values())]
+    )
     rows.append(["exit status", *(str(run["status"]) for run in runs.values())])
     report = "\n".join(
         [

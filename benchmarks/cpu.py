@@ -1,16 +1,21 @@
-"""minsd vs diffusers on the CPU, on identical random SD 1.5 weights, measured side by side.
+"""minsd vs diffusers on the CPU, on identical random SD 1.5 weights, measured side by
+side.
 
     python benchmarks/cpu.py [--quick] [--no-compile] [--out benchmarks/results/cpu.md]
 
-0. The machine's fp32 matrix-multiply rate (a 4096^3 matmul), the yardstick for the GFLOP/s columns.
+0. The machine's fp32 matrix-multiply rate (a 4096^3 matmul), the yardstick for the
+GFLOP/s columns.
 1. UNet forward, batch 2 (guidance), latents 16x16, 32x32, 64x64.
-2. The whole pipeline at 256x256, 10 Euler steps, guidance 7.5, same UNet/VAE/CLIP weights.
-3. Peak memory (RSS): a 64x64 UNet forward and the pipeline, each library in a fresh process.
-4. minsd compiled (torch.compile, inductor with weight freezing) vs diffusers eager, at 16x16, 32x32, 64x64.
+2. The whole pipeline at 256x256, 10 Euler steps, guidance 7.5, same UNet/VAE/CLIP
+weights.
+3. Peak memory (RSS): a 64x64 UNet forward and the pipeline, each library in a fresh
+process. 4. minsd compiled (torch.compile, inductor with weight freezing) vs diffusers
+eager, at 16x16, 32x32, 64x64.
 
-Timings alternate between the libraries (A B, B A, ...); each round's pair gives one ratio, and the
-tables show the median ratio and the range over rounds: on a shared machine, a slow spell moves
-both halves of a pair, and the range shows how far the noise reaches.
+Timings alternate between the libraries (A B, B A, ...); each round's pair gives one
+ratio, and the tables show the median ratio and the range over rounds: on a shared
+machine, a slow spell moves both halves of a pair, and the range shows how far the noise
+reaches.
 """
 
 import argparse
@@ -61,8 +66,11 @@ def unet_gflop(cfg: UNetConfig, size: int) -> float:
     return sum(unet_flops(cfg, size).values()) / 1e9
 
 
-def ratio_cells(times: dict, numerator: str, denominator: str, digits: int = 3) -> list[str]:
-    """Median seconds of both sides, then the median paired ratio and its range over rounds."""
+def ratio_cells(
+    times: dict, numerator: str, denominator: str, digits: int = 3
+) -> list[str]:
+    """Median seconds of both sides, then the median paired ratio and its range over
+    rounds."""
     median, low, high = paired_ratio(times[numerator], times[denominator])
     return [
         f"{statistics.median(times[denominator]):.{digits}f}",
@@ -73,7 +81,8 @@ def ratio_cells(times: dict, numerator: str, denominator: str, digits: int = 3) 
 
 
 def status_mib(field: str) -> float:
-    """A memory line of /proc/self/status (Linux): VmRSS is the resident memory now, VmHWM its peak."""
+    """A memory line of /proc/self/status (Linux): VmRSS is the resident memory now,
+    VmHWM its peak."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
@@ -86,11 +95,17 @@ def reset_peak_rss() -> None:
 
 
 def config_from_json(cfg_json: str) -> UNetConfig:
-    return UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(cfg_json).items()})
+    return UNetConfig(
+        **{
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in json.loads(cfg_json).items()
+        }
+    )
 
 
 def in_fresh_process(function: str, *args, env: dict | None = None):
-    """Run `cpu.<function>(*args)` in a new Python process and return what it printed last (JSON)."""
+    """Run `cpu.<function>(*args)` in a new Python process and return what it printed
+    last (JSON)."""
     code = f"import sys; sys.argv = ['cpu.py']; import cpu; cpu.{function}(*{args!r})"
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -103,14 +118,16 @@ def in_fresh_process(function: str, *args, env: dict | None = None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# glibc's malloc raises its mmap threshold as big blocks are freed, and then keeps freed tensors' pages
-# on its heap, so peak RSS wanders by ~100 MiB from run to run. A fixed threshold hands every block
-# over 64 KiB back to the system when it is freed: RSS then follows the live tensors, run after run.
+# glibc's malloc raises its mmap threshold as big blocks are freed, and then keeps
+# freed tensors' pages on its heap, so peak RSS wanders by ~100 MiB from run to run. A
+# fixed threshold hands every block over 64 KiB back to the system when it is freed:
+# RSS then follows the live tensors, run after run.
 EXACT_RSS = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def memory_child(what: str, which: str, cfg_json: str, size: int, steps: int) -> None:
-    """Build one library's UNet (what="unet") or pipeline and run it once. Prints, in MiB, the peak
+    """Build one library's UNet (what="unet") or pipeline and run it once. Prints,
+    in MiB, the peak
     RSS during the run and how far it rose above the RSS just before it."""
     cfg = config_from_json(cfg_json)
     unet = diffusers_unet_of(cfg).eval() if which == "diffusers" else UNet(cfg).eval()
@@ -126,7 +143,9 @@ def memory_child(what: str, which: str, cfg_json: str, size: int, steps: int) ->
             tokenizer = toy_tokenizer()
             reference = pipe = None
             if which == "diffusers":
-                reference = diffusers_pipeline(unet, vae, text_encoder, tokenizer, "cpu", torch.float32)
+                reference = diffusers_pipeline(
+                    unet, vae, text_encoder, tokenizer, "cpu", torch.float32
+                )
             else:
                 pipe = StableDiffusion(
                     unet=unet,
@@ -145,8 +164,10 @@ def memory_child(what: str, which: str, cfg_json: str, size: int, steps: int) ->
 
 @torch.no_grad()
 def compiled_child(cfg_json: str, size: int, repeats: int) -> None:
-    """diffusers eager, minsd eager and minsd compiled (`compile_unet`, as `StableDiffusion.compile()`)
-    at one latent size. In a process of its own: a cold compile, and no other pipelines or graphs in memory."""
+    """diffusers eager, minsd eager and minsd compiled (`compile_unet`, as
+    `StableDiffusion.compile()`)
+    at one latent size. In a process of its own: a cold compile, and no other
+    pipelines or graphs in memory."""
     cfg = config_from_json(cfg_json)
     reference_unet, eager = unet_pair(cfg, torch.device("cpu"), torch.float32)
     compiled = compile_unet(eager, torch.device("cpu"))
@@ -177,13 +198,20 @@ def compiled_child(cfg_json: str, size: int, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a tiny UNet and few repeats: checks the script runs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny UNet and few repeats: checks the script runs",
+    )
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--out", type=Path, default=None, help="also write the report (markdown) here")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also write the report (markdown) here"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = TINY if args.quick else UNetConfig()
-    sizes = {16: 9, 32: 9, 64: 5} if not args.quick else {16: 2, 32: 2}  # latent size: rounds
+    # latent size: rounds
+    sizes = {16: 9, 32: 9, 64: 5} if not args.quick else {16: 2, 32: 2}
     pipe_size, pipe_steps, pipe_repeats = (256, 10, 4) if not args.quick else (64, 2, 2)
     rate = matmul_gflops(4096 if not args.quick else 512)
     lines = [
@@ -193,18 +221,26 @@ def main() -> None:
         "",
     ]
 
-    reference, pipe = pipeline_pair(cfg, torch.device("cpu"), torch.float32, tiny_parts=args.quick)
+    reference, pipe = pipeline_pair(
+        cfg, torch.device("cpu"), torch.float32, tiny_parts=args.quick
+    )
     rows = []
     context = torch.randn(2, 77, cfg.cross_attention_dim)
     with torch.no_grad():
         for size, repeats in sizes.items():
             x, t = torch.randn(2, 4, size, size), torch.tensor([500.0, 500.0])
             reference.unet(x, t, context), pipe.unet(x, t, context)  # warm-up
-            fns = {"diffusers": partial(reference.unet, x, t, context), "minsd": partial(pipe.unet, x, t, context)}
+            fns = {
+                "diffusers": partial(reference.unet, x, t, context),
+                "minsd": partial(pipe.unet, x, t, context),
+            }
             times = rounds(fns, repeats, "cpu")
             gflop = unet_gflop(cfg, size)
             cells = ratio_cells(times, "minsd", "diffusers")
-            rate_cells = [f"{gflop / statistics.median(times[w]):.0f}" for w in ("diffusers", "minsd")]
+            rate_cells = [
+                f"{gflop / statistics.median(times[w]):.0f}"
+                for w in ("diffusers", "minsd")
+            ]
             rows.append(
                 [
                     f"UNet forward, batch 2, {size}x{size} latents ({8 * size} px)",
@@ -215,11 +251,21 @@ def main() -> None:
                 ]
             )
             print(rows[-1], flush=True)
-        fns = {w: partial(run_pipeline, w, reference, pipe, pipe_size, pipe_steps) for w in ("diffusers", "minsd")}
+        fns = {
+            w: partial(run_pipeline, w, reference, pipe, pipe_size, pipe_steps)
+            for w in ("diffusers", "minsd")
+        }
         times = rounds(fns, pipe_repeats, "cpu")
         cells = ratio_cells(times, "minsd", "diffusers", digits=2)
         rows.append(
-            [f"pipeline {pipe_size}x{pipe_size}, {pipe_steps} steps, guidance", "", *cells[:2], "", "", *cells[2:]]
+            [
+                f"pipeline {pipe_size}x{pipe_size}, {pipe_steps} steps, guidance",
+                "",
+                *cells[:2],
+                "",
+                "",
+                *cells[2:],
+            ]
         )
         print(rows[-1], flush=True)
     header = [
@@ -235,16 +281,38 @@ def main() -> None:
     lines.append(table(rows, header))
 
     memory_rows = []
-    for what, size, steps in (("unet", max(sizes), 0), ("pipeline", pipe_size, pipe_steps)):
+    for what, size, steps in (
+        ("unet", max(sizes), 0),
+        ("pipeline", pipe_size, pipe_steps),
+    ):
         rss = {
-            w: in_fresh_process("memory_child", what, w, json.dumps(cfg.__dict__), size, steps, env=EXACT_RSS)
+            w: in_fresh_process(
+                "memory_child",
+                what,
+                w,
+                json.dumps(cfg.__dict__),
+                size,
+                steps,
+                env=EXACT_RSS,
+            )
             for w in ("diffusers", "minsd")
         }
-        label = f"UNet forward, batch 2, {size}x{size}" if what == "unet" else f"pipeline {size}x{size}, {steps} steps"
+        label = (
+            f"UNet forward, batch 2, {size}x{size}"
+            if what == "unet"
+            else f"pipeline {size}x{size}, {steps} steps"
+        )
         memory_rows.append(
             [label]
-            + [f"{rss[w][key]:.0f}" for key in ("peak", "rise") for w in ("diffusers", "minsd")]
-            + [f"{rss['minsd'][key] / rss['diffusers'][key]:.3f}" for key in ("peak", "rise")]
+            + [
+                f"{rss[w][key]:.0f}"
+                for key in ("peak", "rise")
+                for w in ("diffusers", "minsd")
+            ]
+            + [
+                f"{rss['minsd'][key] / rss['diffusers'][key]:.3f}"
+                for key in ("peak", "rise")
+            ]
         )
         print(memory_rows[-1], flush=True)
     memory_header = [
@@ -254,13 +322,30 @@ def main() -> None:
         "diffusers rise",
         "minsd rise",
     ]
-    lines += ["", table(memory_rows, [*memory_header, "minsd / diffusers, peak", "rise"])]
+    lines += [
+        "",
+        table(memory_rows, [*memory_header, "minsd / diffusers, peak", "rise"]),
+    ]
 
     if not args.no_compile:
-        sizes = {16: 7, 32: 7, 64: 5} if not args.quick else {16: 2}  # latent size: rounds
-        rows = [in_fresh_process("compiled_child", json.dumps(cfg.__dict__), *item) for item in sizes.items()]
-        header = ["diffusers eager s", "minsd eager s", "minsd compiled s", "compiled GFLOP/s"]
-        header += ["compiled vs diffusers", "range", "compile s", "max abs(compiled - eager)"]
+        # latent size: rounds
+        sizes = {16: 7, 32: 7, 64: 5} if not args.quick else {16: 2}
+        rows = [
+            in_fresh_process("compiled_child", json.dumps(cfg.__dict__), *item)
+            for item in sizes.items()
+        ]
+        header = [
+            "diffusers eager s",
+            "minsd eager s",
+            "minsd compiled s",
+            "compiled GFLOP/s",
+        ]
+        header += [
+            "compiled vs diffusers",
+            "range",
+            "compile s",
+            "max abs(compiled - eager)",
+        ]
         lines += ["", table(rows, ["what", *header])]
         print(lines[-1], flush=True)
 

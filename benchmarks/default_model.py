@@ -1,8 +1,10 @@
-"""Seconds per image of the default model: 20 Euler steps with guidance 7.5 and the VAE decode.
+"""Seconds per image of the default model: 20 Euler steps with guidance 7.5 and the VAE
+decode.
 
     python benchmarks/default_model.py [--repeats 20]
 
-The target is under 1 s per image on 2 CPU cores. Also prints the batched cost per image.
+The target is under 1 s per image on 2 CPU cores. Also prints the batched cost per
+image.
 """
 
 import argparse

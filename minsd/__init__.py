@@ -1,7 +1,7 @@
 """minsd: Stable Diffusion 1.5 sampling, re-implemented from its mathematics.
 
-`import minsd` is cheap: each name below loads its module (and torch) when it is first used
-(PEP 562), so that `python -m minsd --help` answers without importing torch.
+`import minsd` is cheap: each name below loads its module (and torch) when it is first
+used (PEP 562), so that `python -m minsd --help` answers without importing torch.
 """
 
 import importlib

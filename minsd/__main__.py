@@ -1,8 +1,10 @@
-"""Command line: python -m minsd "a prompt" --steps 20 --seed 0 --guidance 7.5 --out image.png
+"""Command line: python -m minsd "a prompt" --steps 20 --seed 0 --guidance 7.5 --out
+image.png
 
-A user's mistake (a bad option, an --out that cannot be written, weights that do not load, an argument
-the pipeline refuses) is one or two lines on stderr and exit status 2; Ctrl-C is exit status 130. In
-both cases no file is written and an existing file at --out is left as it was.
+A user's mistake (a bad option, an --out that cannot be written, weights that do not
+load, an argument the pipeline refuses) is one or two lines on stderr and exit status 2;
+Ctrl-C is exit status 130. In both cases no file is written and an existing file at
+--out is left as it was.
 """
 
 import argparse
@@ -14,19 +16,24 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .choices import SAMPLERS, SPACINGS  # torch-free: --help answers without importing torch
+# torch-free: --help answers without importing torch
+from .choices import SAMPLERS, SPACINGS
 
 if TYPE_CHECKING:
     from PIL import Image
 
-# What a user's mistake raises: bad files and paths (OSError), refused values and types, NaN results.
+# What a user's mistake raises: bad files and paths (OSError), refused values and
+# types, NaN results.
 USER_ERRORS = (OSError, ValueError, TypeError, FloatingPointError)
 
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
-        """One line for the mistake and one for where to look, instead of argparse's whole usage block."""
-        self.exit(2, f"minsd: error: {message}\n(python -m minsd --help lists the options)\n")
+        """One line for the mistake and one for where to look, instead of argparse's
+        whole usage block."""
+        self.exit(
+            2, f"minsd: error: {message}\n(python -m minsd --help lists the options)\n"
+        )
 
 
 def positive_int(text: str) -> int:
@@ -40,20 +47,64 @@ def positive_int(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = ArgumentParser(prog="python -m minsd", description="Text to image with minsd's samplers.")
-    parser.add_argument("prompt", help="what to draw")
-    parser.add_argument("--negative", default=None, help="what to steer away from (negative prompt)")
-    parser.add_argument(
-        "--steps", type=positive_int, default=20, help="sampling steps (default 20; Euler: one UNet evaluation each)"
+    parser = ArgumentParser(
+        prog="python -m minsd", description="Text to image with minsd's samplers."
     )
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise, 0 <= seed < 2**64 (default 0)")
-    parser.add_argument("--height", type=int, default=None, help="pixels, a multiple of 8 (default: the model's)")
-    parser.add_argument("--width", type=int, default=None, help="pixels, a multiple of 8 (default: the model's)")
-    parser.add_argument("--num-images", type=positive_int, default=1, help="images for the prompt (default 1)")
-    parser.add_argument("--spacing", choices=SPACINGS, default="linspace", help="noise schedule (default linspace)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="euler", help="solver (default euler)")
-    parser.add_argument("--init-image", type=Path, default=None, help="img2img: start from this image's latents")
+    parser.add_argument("prompt", help="what to draw")
+    parser.add_argument(
+        "--negative", default=None, help="what to steer away from (negative prompt)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=20,
+        help="sampling steps (default 20; Euler: one UNet evaluation each)",
+    )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=7.5,
+        help="classifier-free guidance scale (default 7.5)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initial noise, 0 <= seed < 2**64 (default 0)",
+    )
+    parser.add_argument(
+        "--height",
+        type=int,
+        default=None,
+        help="pixels, a multiple of 8 (default: the model's)",
+    )
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="pixels, a multiple of 8 (default: the model's)",
+    )
+    parser.add_argument(
+        "--num-images",
+        type=positive_int,
+        default=1,
+        help="images for the prompt (default 1)",
+    )
+    parser.add_argument(
+        "--spacing",
+        choices=SPACINGS,
+        default="linspace",
+        help="noise schedule (default linspace)",
+    )
+    parser.add_argument(
+        "--sampler", choices=SAMPLERS, default="euler", help="solver (default euler)"
+    )
+    parser.add_argument(
+        "--init-image",
+        type=Path,
+        default=None,
+        help="img2img: start from this image's latents",
+    )
     parser.add_argument(
         "--strength",
         type=float,
@@ -71,26 +122,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="with a single .safetensors checkpoint: a diffusers-format folder with its configs (default: SD 1.5's)",
     )
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    parser.add_argument(
+        "--device", default=None, help="cuda or cpu (default: cuda when present)"
+    )
     parser.add_argument(
         "--threads",
         type=positive_int,
         default=None,
         help="CPU threads (default: 1 for small models such as the built-in one, else torch's default)",
     )
-    parser.add_argument("--out", type=Path, default=Path("image.png"), help="output image; several get _0, _1, ...")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("image.png"),
+        help="output image; several get _0, _1, ...",
+    )
     return parser.parse_args(argv)
 
 
 def output_paths(out: Path, num_images: int) -> list[Path]:
-    """Where the images go: --out itself, or --out with _0, _1, ... before the extension."""
+    """Where the images go: --out itself, or --out with _0, _1, ... before the
+    extension."""
     if num_images == 1:
         return [out]
     return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(num_images)]
 
 
 def check_writable(paths: list[Path]) -> None:
-    """Refuse, before any work, an output that cannot be written: an unknown image format, a path that is a
+    """Refuse, before any work, an output that cannot be written: an unknown image
+    format, a path that is a
     folder, or a folder that cannot be created or written to."""
     from PIL import Image
 
@@ -98,21 +158,25 @@ def check_writable(paths: list[Path]) -> None:
     writable = sorted(ext for ext, fmt in Image.EXTENSION.items() if fmt in Image.SAVE)
     for path in paths:
         if path.is_dir():
-            raise ValueError(f"--out {path} is a folder; give a file name such as {path / 'image.png'}")
+            raise ValueError(
+                f"--out {path} is a folder; give a file name such as {path / 'image.png'}"
+            )
         if path.suffix.lower() not in writable:
             raise ValueError(
                 f"--out {path}: cannot write images with extension {path.suffix or '(none)'!r}; "
                 "use .png (lossless), .jpg, .webp or another extension that Pillow writes"
             )
         folder = path.parent
-        while not folder.exists():  # the nearest folder that exists must be a writable folder
+        # the nearest folder that exists must be a writable folder
+        while not folder.exists():
             folder = folder.parent
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise ValueError(f"--out {path}: cannot create files under {folder}")
 
 
 def read_image(path: Path) -> "Image.Image":
-    """The --init-image, decoded now, so that an unreadable file is refused before the model loads."""
+    """The --init-image, decoded now, so that an unreadable file is refused before the
+    model loads."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -121,18 +185,25 @@ def read_image(path: Path) -> "Image.Image":
     except FileNotFoundError as err:
         raise FileNotFoundError(f"--init-image {path}: no such file") from err
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"--init-image {path}: not an image Pillow can read ({err})") from err
+        raise ValueError(
+            f"--init-image {path}: not an image Pillow can read ({err})"
+        ) from err
 
 
 def save_images(images: list, paths: list[Path]) -> None:
-    """Write each image to a temporary file beside its path, then rename it into place: an interrupted or
-    failed save leaves neither a partial file nor a changed existing one, and no folder it created."""
-    missing = [p for p in reversed(paths[0].parents) if not p.exists()]  # the folders that will be created
+    """Write each image to a temporary file beside its path, then rename it into
+    place: an interrupted or
+    failed save leaves neither a partial file nor a changed existing one, and no
+    folder it created."""
+    # the folders that will be created
+    missing = [p for p in reversed(paths[0].parents) if not p.exists()]
     temporary = []
     try:
         paths[0].parent.mkdir(parents=True, exist_ok=True)
         for image, path in zip(images, paths):
-            handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+            handle, name = tempfile.mkstemp(
+                prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent
+            )
             os.close(handle)
             temporary.append(Path(name))
             image.save(name)
@@ -149,7 +220,8 @@ def save_images(images: list, paths: list[Path]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     paths = output_paths(args.out, args.num_images)
-    check_writable(paths)  # before loading anything: a bad --out should not cost a generation
+    # before loading anything: a bad --out should not cost a generation
+    check_writable(paths)
     init_image = None if args.init_image is None else read_image(args.init_image)
 
     import torch  # after parsing: --help should not wait for torch
@@ -157,12 +229,16 @@ def run(args: argparse.Namespace) -> int:
     from .loading import load_pipeline
 
     pipe = load_pipeline(args.weights, device=args.device, config=args.config)
-    # The command owns its process, so it may set the thread count: the one this model samples fastest with.
+    # The command owns its process, so it may set the thread count: the one this
+    # model samples fastest with.
     threads = args.threads or pipe.recommended_num_threads
     torch.set_num_threads(threads)
     dtype = str(pipe.dtype).removeprefix("torch.")
     threads_text = f"{threads} CPU thread{'s' if threads > 1 else ''}"
-    print(f"minsd: {pipe.name} on {pipe.device} ({dtype}, {threads_text})", file=sys.stderr)
+    print(
+        f"minsd: {pipe.name} on {pipe.device} ({dtype}, {threads_text})",
+        file=sys.stderr,
+    )
     start = time.perf_counter()
     result = pipe.generate(
         args.prompt,
@@ -185,12 +261,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+def show_warning(
+    message: Warning | str, category: type[Warning], *args: object, **kwargs: object
+) -> None:
     print(f"minsd: warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    # The command owns its process: warnings read as the command's own lines, not as source locations.
+    # The command owns its process: warnings read as the command's own lines, not
+    # as source locations.
     warnings.showwarning = show_warning
     try:
         return run(parse_args(argv))

@@ -1,14 +1,15 @@
-"""The choices minsd offers, one list each, read by the code, the command line and the docs.
+"""The choices minsd offers, one list each, read by the code, the command line and the
+docs.
 
 Kept free of torch, so that `python -m minsd --help` answers without loading it.
 """
 
-# Noise schedules, see scheduler.get_sigmas: three ways of spacing SD's training timesteps, and
-# Karras et al.'s rho = 7 spacing between sigma_min and sigma_max.
+# Noise schedules, see scheduler.get_sigmas: three ways of spacing SD's training
+# timesteps, and Karras et al.'s rho = 7 spacing between sigma_min and sigma_max.
 SPACINGS = ("linspace", "leading", "trailing", "karras")
 
-# Samplers that StableDiffusion.generate and the command line run (scheduler.py holds them all).
-# sample_heun_churn (Karras et al. 2022, Algorithm 2) is not among them: its four parameters
-# (s_churn, s_tmin, s_tmax, s_noise) must be tuned per model and none are published for SD; call
-# it directly, as the chapter "Beyond Euler" does.
+# Samplers that StableDiffusion.generate and the command line run (scheduler.py holds
+# them all). sample_heun_churn (Karras et al. 2022, Algorithm 2) is not among them:
+# its four parameters (s_churn, s_tmin, s_tmax, s_noise) must be tuned per model and
+# none are published for SD; call it directly, as the chapter "Beyond Euler" does.
 SAMPLERS = ("euler", "heun", "dpmpp_2m", "euler_ancestral")

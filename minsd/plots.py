@@ -1,7 +1,9 @@
-"""Plotting helpers for the book, so that its pages show the idea and not matplotlib calls.
+"""Plotting helpers for the book, so that its pages show the idea and not matplotlib
+calls.
 
-`player` turns a figure and an update function into a scrubbable animation (a frame slider
-with play buttons, as HTML and JavaScript) that works on a static page, where no kernel runs.
+`player` turns a figure and an update function into a scrubbable animation (a frame
+slider with play buttons, as HTML and JavaScript) that works on a static page, where no
+kernel runs.
 """
 
 from collections.abc import Callable, Sequence
@@ -13,11 +15,13 @@ from matplotlib import animation
 
 from .preview import latents_to_rgb
 
-BLOB_COLORS = np.array(["tab:blue", "tab:orange", "tab:green"])  # the toy mixture's blobs, by index
+# the toy mixture's blobs, by index
+BLOB_COLORS = np.array(["tab:blue", "tab:orange", "tab:green"])
 
 
 def to_image(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(3, H, W) or (H, W, 3) in [0, 1], tensor or array -> (H, W, 3) array for imshow."""
+    """(3, H, W) or (H, W, 3) in [0, 1], tensor or array -> (H, W, 3) array for
+    imshow."""
     if isinstance(x, torch.Tensor):
         x = x.detach().float().cpu().numpy()
     if x.ndim == 3 and x.shape[0] in (1, 3) and x.shape[-1] not in (1, 3):
@@ -32,13 +36,20 @@ def image_grid(
     size: float = 1.6,
     suptitle: str | None = None,
 ):
-    """Show images (tensors (3, H, W) in [0, 1], arrays or PIL images) in a grid; returns the figure."""
-    images = [np.asarray(im) / 255.0 if not isinstance(im, (torch.Tensor, np.ndarray)) else im for im in images]
+    """Show images (tensors (3, H, W) in [0, 1], arrays or PIL images) in a grid;
+    returns the figure."""
+    images = [
+        np.asarray(im) / 255.0 if not isinstance(im, (torch.Tensor, np.ndarray)) else im
+        for im in images
+    ]
     n = len(images)
     ncols = ncols or min(n, 8)
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)), squeeze=False
+        nrows,
+        ncols,
+        figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
+        squeeze=False,
     )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -52,22 +63,31 @@ def image_grid(
     return fig
 
 
-def latent_previews(latents: torch.Tensor, factors: torch.Tensor | None = None) -> list[np.ndarray]:
-    """(B, C, h, w) latents -> cheap RGB previews (no VAE), one (h, w, 3) array per latent."""
+def latent_previews(
+    latents: torch.Tensor, factors: torch.Tensor | None = None
+) -> list[np.ndarray]:
+    """(B, C, h, w) latents -> cheap RGB previews (no VAE), one (h, w, 3) array per
+    latent."""
     return [to_image(rgb) for rgb in latents_to_rgb(latents, factors)]
 
 
-def player(fig, update: Callable[[int], None], n_frames: int, interval_ms: int = 400) -> str:
-    """A scrubbable player: update(i) redraws `fig` for frame i; returns HTML for IPython.display.HTML.
+def player(
+    fig, update: Callable[[int], None], n_frames: int, interval_ms: int = 400
+) -> str:
+    """A scrubbable player: update(i) redraws `fig` for frame i; returns HTML for
+    IPython.display.HTML.
 
-    Every frame is drawn now and embedded as an image, so the slider works without a kernel.
+    Every frame is drawn now and embedded as an image, so the slider works without a
+    kernel.
     """
 
     def draw(i: int) -> list:
         update(i)
         return []
 
-    anim = animation.FuncAnimation(fig, draw, frames=n_frames, interval=interval_ms, blit=False)
+    anim = animation.FuncAnimation(
+        fig, draw, frames=n_frames, interval=interval_ms, blit=False
+    )
     html = anim.to_jshtml(default_mode="once")
     plt.close(fig)
     return html

@@ -1,12 +1,15 @@
-"""A cheap look at latents: a linear map from the 4 latent channels to RGB, no VAE needed.
+"""A cheap look at latents: a linear map from the 4 latent channels to RGB, no VAE
+needed.
 
-For SD 1.5 the widely used 4x3 factors come from a least-squares fit of decoded pixel colours
-on latents. A model can ship its own (vae/preview_factors.json); see the default model.
+For SD 1.5 the widely used 4x3 factors come from a least-squares fit of decoded pixel
+colours on latents. A model can ship its own (vae/preview_factors.json); see the default
+model.
 """
 
 import torch
 
-# (4, 3): latent channel -> (R, G, B) contribution, for SD 1.5 latents (already times 0.18215).
+# (4, 3): latent channel -> (R, G, B) contribution, for SD 1.5 latents (already times
+# 0.18215).
 SD15_PREVIEW_FACTORS = torch.tensor(
     [
         [0.298, 0.207, 0.208],
@@ -17,9 +20,13 @@ SD15_PREVIEW_FACTORS = torch.tensor(
 )
 
 
-def latents_to_rgb(latents: torch.Tensor, factors: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, C, h, w) or (C, h, w) latents -> RGB in [0, 1] of the same spatial size, float32 on the CPU."""
+def latents_to_rgb(
+    latents: torch.Tensor, factors: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, C, h, w) or (C, h, w) latents -> RGB in [0, 1] of the same spatial size,
+    float32 on the CPU."""
     factors = SD15_PREVIEW_FACTORS if factors is None else factors
     latents = latents.float().cpu()
-    rgb = torch.einsum("...chw,cr->...rhw", latents, factors.float())  # (..., 3, h, w) in about [-1, 1]
+    # (..., 3, h, w) in about [-1, 1]
+    rgb = torch.einsum("...chw,cr->...rhw", latents, factors.float())
     return (rgb / 2 + 0.5).clamp(0, 1)

@@ -1,7 +1,8 @@
 """The CLIP tokenizer, built offline from a list of BPE merges.
 
-CLIP's vocabulary is the 256 byte symbols, the same with the end-of-word mark "</w>", one token
-per BPE merge, then <|startoftext|> and <|endoftext|> (49,408 tokens for OpenAI's 48,894 merges).
+CLIP's vocabulary is the 256 byte symbols, the same with the end-of-word mark "</w>",
+one token per BPE merge, then <|startoftext|> and <|endoftext|> (49,408 tokens for
+OpenAI's 48,894 merges).
 """
 
 from transformers import CLIPTokenizer
@@ -10,10 +11,13 @@ from transformers import CLIPTokenizer
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from the 256 byte values to printable unicode characters.
 
-    Printable bytes map to themselves and come first; the rest follow, shifted past 255. This
-    order is the order of CLIP's vocabulary: "a" is entry 64, "a</w>" entry 256 + 64 = 320.
+    Printable bytes map to themselves and come first; the rest follow, shifted past
+    255. This order is the order of CLIP's vocabulary: "a" is entry 64, "a</w>"
+    entry 256 + 64 = 320.
     """
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable = list(range(ord("!"), ord("~") + 1)) + list(
+        range(ord("¡"), ord("¬") + 1)
+    )
     printable += list(range(ord("®"), ord("ÿ") + 1))
     chars = {b: chr(b) for b in printable}
     extra = 0
@@ -24,10 +28,16 @@ def bytes_to_unicode() -> dict[int, str]:
     return chars
 
 
-def build_clip_tokenizer(merges: list[tuple[str, str]], model_max_length: int = 77) -> CLIPTokenizer:
+def build_clip_tokenizer(
+    merges: list[tuple[str, str]], model_max_length: int = 77
+) -> CLIPTokenizer:
     """A CLIPTokenizer whose vocabulary is made from `merges`, in CLIP's order."""
     symbols = list(bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(pair) for pair in merges]
+    tokens = (
+        symbols + [s + "</w>" for s in symbols] + ["".join(pair) for pair in merges]
+    )
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: i for i, token in enumerate(tokens)}
-    return CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=model_max_length)
+    return CLIPTokenizer(
+        vocab=vocab, merges=list(merges), model_max_length=model_max_length
+    )

@@ -1,19 +1,22 @@
-"""Train minsd's default model: a tiny Stable Diffusion on procedural shapes (`minsd/shapes.py`).
+"""Train minsd's default model: a tiny Stable Diffusion on procedural shapes
+(`minsd/dataset.py`).
 
     python -m minsd.train --out minsd/default_model --unet-stop 1332
     python -m minsd.train --out minsd/default_model --resume minsd/default_model \
         --unet-steps 1400 --unet-batch 1024 --lr 5e-4
 
-(the two runs that made the shipped model, on one H200 in 7.4 minutes; see its training.json).
+(the two runs that made the shipped model, on one H200 in 7.4 minutes; see its
+training.json).
 
-Same family and code paths as SD 1.5: an AutoencoderKL with 4 latent channels (diffusers), a
-CLIPTextModel with the real CLIP BPE tokenizer (transformers), and minsd's own UNet, trained
-to predict eps on SD's scaled_linear 1000-step schedule with 10% of the captions dropped, so
-that minsd's unchanged denoiser, sampler, guidance and pipeline run it. 32 x 32 images and a
-factor-4 VAE give 8 x 8 x 4 latents.
+Same family and code paths as SD 1.5: an AutoencoderKL with 4 latent channels
+(diffusers), a CLIPTextModel with the real CLIP BPE tokenizer (transformers), and
+minsd's own UNet, trained to predict eps on SD's scaled_linear 1000-step schedule with
+10% of the captions dropped, so that minsd's unchanged denoiser, sampler, guidance and
+pipeline run it. 32 x 32 images and a factor-4 VAE give 8 x 8 x 4 latents.
 
-Three stages: the VAE (reconstruction), then the UNet and the text encoder together (denoising
-in the frozen VAE's latent space), then the diffusers-format folder. Runs on CUDA when present.
+Three stages: the VAE (reconstruction), then the UNet and the text encoder together
+(denoising in the frozen VAE's latent space), then the diffusers-format folder. Runs on
+CUDA when present.
 """
 
 import argparse
@@ -34,13 +37,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .dataset import make_dataset
 from .denoiser import scaled_linear_alphas_cumprod
 from .loading import diffusers_unet_config, load_unet
-from .shapes import make_dataset
 from .tokenizer import build_clip_tokenizer
 from .unet import UNet, UNetConfig
 
-CLIP_WHEEL = "clip-anytorch==2.6.0"  # ships OpenAI's BPE merges, bpe_simple_vocab_16e6.txt.gz
+# ships OpenAI's BPE merges, bpe_simple_vocab_16e6.txt.gz
+CLIP_WHEEL = "clip-anytorch==2.6.0"
 UNET_CONFIG = UNetConfig(
     sample_size=8,  # 8 x 8 latents = 32 x 32 pixels
     block_out_channels=(32, 64, 64, 64),  # SD 1.5's four levels, 10x narrower
@@ -52,8 +56,15 @@ UNET_CONFIG = UNetConfig(
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m minsd.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("minsd/default_model"), help="diffusers-format folder to write")
+    p = argparse.ArgumentParser(
+        prog="python -m minsd.train", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("minsd/default_model"),
+        help="diffusers-format folder to write",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-images", type=int, default=20000)
@@ -68,35 +79,63 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--unet-batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop each stage early after this much time")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop each stage early after this much time",
+    )
     p.add_argument(
         "--resume",
         type=Path,
         default=None,
         help="a folder this command wrote: keep its VAE and tokenizer, continue training its UNet and text encoder",
     )
-    p.add_argument("--merges", type=Path, default=None, help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: fetch)")
-    p.add_argument("--model-max-length", type=int, default=16, help="text tokens; captions are ~9 (SD: 77)")
+    p.add_argument(
+        "--merges",
+        type=Path,
+        default=None,
+        help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: fetch)",
+    )
+    p.add_argument(
+        "--model-max-length",
+        type=int,
+        default=16,
+        help="text tokens; captions are ~9 (SD: 77)",
+    )
     return p.parse_args(argv)
 
 
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Components
 
 
 def clip_merges(path: Path | None) -> list[tuple[str, str]]:
-    """OpenAI CLIP's 48,894 BPE merges, from the given .gz or from the clip-anytorch wheel on PyPI."""
+    """OpenAI CLIP's 48,894 BPE merges, from the given .gz or from the clip-anytorch
+    wheel on PyPI."""
     if path is None:
         folder = Path(tempfile.mkdtemp())
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", CLIP_WHEEL, "-d", folder], check=True
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                CLIP_WHEEL,
+                "-d",
+                folder,
+            ],
+            check=True,
         )
         wheel = zipfile.ZipFile(next(folder.glob("*.whl")))
         data = wheel.read("clip/bpe_simple_vocab_16e6.txt.gz")
     else:
         data = path.read_bytes()
     lines = gzip.decompress(data).decode("utf-8").split("\n")
-    # The vocabulary has 49,408 entries: 512 byte symbols, 48,894 merges, 2 special tokens.
+    # The vocabulary has 49,408 entries: 512 byte symbols, 48,894 merges, 2
+    # special tokens.
     return [tuple(line.split()) for line in lines[1 : 49408 - 512 - 2 + 1]]
 
 
@@ -111,7 +150,9 @@ def make_vae():
         block_out_channels=(32, 64, 64),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=2,  # few groups: GroupNorm must not normalise away the colours of flat images
+        # few groups: GroupNorm must not normalise away the colours of flat
+        # images
+        norm_num_groups=2,
         sample_size=32,
     )
 
@@ -136,7 +177,14 @@ def make_text_encoder(vocab_size: int, max_length: int):
 
 def to_unit_range(images: np.ndarray, device) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
+    return (
+        torch.from_numpy(images)
+        .permute(0, 3, 1, 2)
+        .float()
+        .div(127.5)
+        .sub(1)
+        .to(device)
+    )
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -159,18 +207,21 @@ def cosine_lr(step: int, total: int, lr: float) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Stage 1: the VAE
 
 
 def train_vae(vae, images: torch.Tensor, args) -> int:
-    """L1 reconstruction + a tiny KL term (as SD's VAE, without the GAN and perceptual losses)."""
+    """L1 reconstruction + a tiny KL term (as SD's VAE, without the GAN and perceptual
+    losses)."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed)
     deadline = Deadline(args.max_minutes)
     bar = tqdm(range(args.vae_steps), desc="VAE", unit="step")
     for step in bar:
-        batch = images[torch.randint(len(images), (args.vae_batch,), generator=generator)]
+        batch = images[
+            torch.randint(len(images), (args.vae_batch,), generator=generator)
+        ]
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = F.l1_loss(reconstruction, batch) + 1e-6 * posterior.kl().mean()
@@ -189,28 +240,44 @@ def train_vae(vae, images: torch.Tensor, args) -> int:
 @torch.no_grad()
 def encode(vae, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """Images -> the posterior means (N, 4, h, w), unscaled."""
-    return torch.cat([vae.encode(images[i : i + batch]).latent_dist.mode() for i in range(0, len(images), batch)])
+    return torch.cat(
+        [
+            vae.encode(images[i : i + batch]).latent_dist.mode()
+            for i in range(0, len(images), batch)
+        ]
+    )
 
 
 @torch.no_grad()
 def reconstruction_psnr(vae, images: torch.Tensor) -> float:
-    reconstructions = torch.cat([vae.decode(z).sample for z in encode(vae, images).split(512)])
+    reconstructions = torch.cat(
+        [vae.decode(z).sample for z in encode(vae, images).split(512)]
+    )
     return psnr(reconstructions, images)
 
 
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Stage 2: the UNet and the text encoder
 
 
 def train_unet(
-    unet, text_encoder, latents, token_ids, empty_ids, args, callback=None, progress: bool = True
+    unet,
+    text_encoder,
+    latents,
+    token_ids,
+    empty_ids,
+    args,
+    callback=None,
+    progress: bool = True,
 ) -> tuple[int, list[torch.Tensor]]:
-    """eps-prediction on SD's schedule: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, loss |eps - F(x_t, t)|^2.
+    """eps-prediction on SD's schedule: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t)
+    eps, loss |eps - F(x_t, t)|^2.
 
-    Min-SNR-5 weighting (Hang et al. 2023) evens out the timesteps; 10% of the captions are replaced
-    by the empty prompt, so that the model also learns the unconditional D for guidance.
-    Returns the steps taken and an exponential moving average of the weights (decay 0.999).
-    callback, if given, is called after every step with {"step", "loss"} (the step just taken, from 0).
+    Min-SNR-5 weighting (Hang et al. 2023) evens out the timesteps; 10% of the
+    captions are replaced by the empty prompt, so that the model also learns the
+    unconditional D for guidance. Returns the steps taken and an exponential moving
+    average of the weights (decay 0.999). callback, if given, is called after every
+    step with {"step", "loss"} (the step just taken, from 0).
     """
     device = latents.device
     alphas_cumprod = scaled_linear_alphas_cumprod().float().to(device)
@@ -219,7 +286,12 @@ def train_unet(
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed + 1)
     deadline = Deadline(args.max_minutes)
-    bar = tqdm(range(args.unet_stop or args.unet_steps), desc="UNet + text encoder", unit="step", disable=not progress)
+    bar = tqdm(
+        range(args.unet_stop or args.unet_steps),
+        desc="UNet + text encoder",
+        unit="step",
+        disable=not progress,
+    )
     for step in bar:
         index = torch.randint(len(latents), (args.unet_batch,), generator=generator)
         x0, ids = latents[index], token_ids[index]
@@ -251,7 +323,8 @@ def train_unet(
     return len(bar), ema
 
 
-# A UNet small enough to learn something in seconds on one CPU thread (for the book's training chapter).
+# A UNet small enough to learn something in seconds on one CPU thread (for the book's
+# training chapter).
 BRIEF_UNET_CONFIG = UNetConfig(
     sample_size=8,
     block_out_channels=(32, 64),  # two levels: 8 x 8 and 4 x 4
@@ -264,11 +337,13 @@ BRIEF_UNET_CONFIG = UNetConfig(
 
 @dataclass
 class BriefRun:
-    """What `train_briefly` returns: the loss of every step and copies of the UNet taken during the run."""
+    """What `train_briefly` returns: the loss of every step and copies of the UNet taken
+    during the run."""
 
     losses: list[float]  # the (min-SNR weighted) loss of each step
     seconds: list[float]  # the time of each step's end, from the start of training
-    checkpoints: list[tuple[int, float, UNet]]  # (steps taken, seconds, the UNet after them), in order
+    # (steps taken, seconds, the UNet after them), in order
+    checkpoints: list[tuple[int, float, UNet]]
 
 
 def train_briefly(
@@ -282,30 +357,42 @@ def train_briefly(
     checkpoint_times: tuple[float, ...] = (0.125, 0.25, 0.5),
     seed: int = 0,
 ) -> BriefRun:
-    """Train a fresh UNet of `config` with `train_unet`, in the latent space of `pipe`'s VAE and with its
-    text encoder (both frozen), for at most `steps` steps or `seconds` seconds, whichever ends first.
+    """Train a fresh UNet of `config` with `train_unet`, in the latent space of
+    `pipe`'s VAE and with its text encoder (both frozen), for at most `steps` steps
+    or `seconds` seconds, whichever ends first.
 
-    The learning rate follows `cosine_lr` over `steps`, as --unet-steps does. A copy of the UNet is kept
-    before the first step, at each of `checkpoint_times` (fractions of `seconds` or of `steps`, whichever
-    comes first) and at the end.
+    The learning rate follows `cosine_lr` over `steps`, as --unet-steps does. A copy
+    of the UNet is kept before the first step, at each of `checkpoint_times`
+    (fractions of `seconds` or of `steps`, whichever comes first) and at the end.
     """
     images, scenes = make_dataset(n_images, seed=seed, image_size=pipe.default_size)
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255  # (N, 3, H, W) in [0, 1]
+    # (N, 3, H, W) in [0, 1]
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     latents = pipe.encode(pixels)  # (N, 4, h, w), scaled: the x_0 of training
 
     def ids_of(captions: list[str]) -> torch.Tensor:
         max_length = pipe.tokenizer.model_max_length
-        encoded = pipe.tokenizer(captions, padding="max_length", max_length=max_length, truncation=True)
+        encoded = pipe.tokenizer(
+            captions, padding="max_length", max_length=max_length, truncation=True
+        )
         return torch.tensor(encoded.input_ids, device=pipe.device)
 
     token_ids = ids_of([s.caption for s in scenes])  # (N, T)
     empty_ids = ids_of([""])  # (1, T)
-    with torch.random.fork_rng(devices=[]):  # a seeded initialisation, leaving the global generator as it was
+    # a seeded initialisation, leaving the global generator as it was
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet(config).to(pipe.device).train()  # float32, also where pipe samples in float16
-    text_encoder = copy.deepcopy(pipe.text_encoder).float().requires_grad_(False)  # frozen: AdamW skips it
+        # float32, also where pipe samples in float16
+        unet = UNet(config).to(pipe.device).train()
+    # frozen: AdamW skips it
+    text_encoder = copy.deepcopy(pipe.text_encoder).float().requires_grad_(False)
     args = argparse.Namespace(
-        lr=lr, unet_steps=steps, unet_stop=None, unet_batch=batch, seed=seed, max_minutes=seconds / 60
+        lr=lr,
+        unet_steps=steps,
+        unet_stop=None,
+        unet_batch=batch,
+        seed=seed,
+        max_minutes=seconds / 60,
     )
 
     def snapshot(steps_taken: int, elapsed: float) -> tuple[int, float, UNet]:
@@ -319,51 +406,78 @@ def train_briefly(
         elapsed = time.monotonic() - start
         run.losses.append(step["loss"])
         run.seconds.append(elapsed)
-        while pending and (elapsed >= pending[0] * seconds or step["step"] + 1 >= pending[0] * steps):
+        while pending and (
+            elapsed >= pending[0] * seconds or step["step"] + 1 >= pending[0] * steps
+        ):
             pending.pop(0)
             run.checkpoints.append(snapshot(step["step"] + 1, elapsed))
 
-    taken, _ = train_unet(unet, text_encoder, latents, token_ids, empty_ids, args, callback=record, progress=False)
+    taken, _ = train_unet(
+        unet,
+        text_encoder,
+        latents,
+        token_ids,
+        empty_ids,
+        args,
+        callback=record,
+        progress=False,
+    )
     run.checkpoints.append(snapshot(taken, time.monotonic() - start))
     return run
 
 
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Stage 3: the folder
 
 
 def loss_curve(losses: list[float], window: int = 10) -> list[list[float]]:
-    """[[last step of the window, mean loss over the window], ...]: the training curve, small enough to keep."""
+    """[[last step of the window, mean loss over the window], ...]: the training curve,
+    small enough to keep."""
     return [
-        [min(i + window, len(losses)), round(sum(losses[i : i + window]) / len(losses[i : i + window]), 5)]
+        [
+            min(i + window, len(losses)),
+            round(sum(losses[i : i + window]) / len(losses[i : i + window]), 5),
+        ]
         for i in range(0, len(losses), window)
     ]
 
 
 def preview_factors(latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """Least-squares (C, 3) map from scaled latents to the mean colour of each latent pixel's patch."""
+    """Least-squares (C, 3) map from scaled latents to the mean colour of each latent
+    pixel's patch."""
     factor = images.shape[-1] // latents.shape[-1]
     colours = F.avg_pool2d(images, factor)  # (N, 3, h, w) in [-1, 1]
     a = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])  # (N h w, C)
     b = colours.permute(0, 2, 3, 1).reshape(-1, 3)  # (N h w, 3)
-    return torch.linalg.lstsq(a.cpu().double(), b.cpu().double()).solution.float()  # (C, 3)
+    # (C, 3)
+    return torch.linalg.lstsq(a.cpu().double(), b.cpu().double()).solution.float()
 
 
-def save_folder(out: Path, unet, vae, text_encoder, tokenizer, factors: torch.Tensor, record: dict) -> None:
+def save_folder(
+    out: Path, unet, vae, text_encoder, tokenizer, factors: torch.Tensor, record: dict
+) -> None:
     from diffusers import EulerDiscreteScheduler
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "unet").mkdir(exist_ok=True)
-    (out / "unet" / "config.json").write_text(json.dumps(diffusers_unet_config(unet.config), indent=2) + "\n")
+    (out / "unet" / "config.json").write_text(
+        json.dumps(diffusers_unet_config(unet.config), indent=2) + "\n"
+    )
     state = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
     save_file(state, out / "unet" / "diffusion_pytorch_model.safetensors")
     vae.save_pretrained(out / "vae", safe_serialization=True)
-    (out / "vae" / "preview_factors.json").write_text(json.dumps(factors.tolist()) + "\n")
+    (out / "vae" / "preview_factors.json").write_text(
+        json.dumps(factors.tolist()) + "\n"
+    )
     text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(out / "tokenizer")
     EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="linspace"
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="linspace",
     ).save_pretrained(out / "scheduler")
     model_index = {
         "_class_name": "StableDiffusionPipeline",
@@ -389,9 +503,14 @@ def main(argv=None) -> None:
 
     images_np, scenes = make_dataset(args.train_images, seed=args.seed)
     held_out_np, _ = make_dataset(512, seed=args.seed + 10_000)
-    images, held_out = to_unit_range(images_np, device), to_unit_range(held_out_np, device)
+    images, held_out = (
+        to_unit_range(images_np, device),
+        to_unit_range(held_out_np, device),
+    )
     if args.resume is None:
-        tokenizer = build_clip_tokenizer(clip_merges(args.merges), model_max_length=args.model_max_length)
+        tokenizer = build_clip_tokenizer(
+            clip_merges(args.merges), model_max_length=args.model_max_length
+        )
         vae = make_vae().to(device)
         vae_steps = train_vae(vae.train(), images, args)
     else:
@@ -399,41 +518,68 @@ def main(argv=None) -> None:
         from transformers import CLIPTokenizer
 
         tokenizer = CLIPTokenizer.from_pretrained(args.resume / "tokenizer")
-        vae, vae_steps = AutoencoderKL.from_pretrained(args.resume / "vae").to(device), 0
+        vae, vae_steps = (
+            AutoencoderKL.from_pretrained(args.resume / "vae").to(device),
+            0,
+        )
     vae.eval().requires_grad_(False)
     vae_psnr = reconstruction_psnr(vae, held_out)
     print(f"VAE: {vae_steps} steps, held-out PSNR {vae_psnr:.2f} dB", flush=True)
     latents = encode(vae, images)
     if args.resume is None:
-        vae.register_to_config(scaling_factor=float(1 / latents.std()))  # unit variance, like SD's 0.18215
+        # unit variance, like SD's 0.18215
+        vae.register_to_config(scaling_factor=float(1 / latents.std()))
     latents = latents * vae.config.scaling_factor
 
     def ids_of(captions: list[str]) -> torch.Tensor:
-        encoded = tokenizer(captions, padding="max_length", max_length=args.model_max_length, truncation=True)
+        encoded = tokenizer(
+            captions,
+            padding="max_length",
+            max_length=args.model_max_length,
+            truncation=True,
+        )
         return torch.tensor(encoded.input_ids, device=device)
 
     token_ids = ids_of([s.caption for s in scenes])  # (N, T)
     empty_ids = ids_of([""])  # (1, T)
     if args.resume is None:
         unet = UNet(UNET_CONFIG).to(device).train()
-        text_encoder = make_text_encoder(len(tokenizer), args.model_max_length).to(device).train()
+        text_encoder = (
+            make_text_encoder(len(tokenizer), args.model_max_length).to(device).train()
+        )
     else:
         from transformers import CLIPTextModel
 
         unet = load_unet(args.resume / "unet").to(device).train()
-        text_encoder = CLIPTextModel.from_pretrained(args.resume / "text_encoder").to(device).train()
-    losses = []  # the (min-SNR weighted) loss of every UNet step, for the record's curve
+        text_encoder = (
+            CLIPTextModel.from_pretrained(args.resume / "text_encoder")
+            .to(device)
+            .train()
+        )
+    # the (min-SNR weighted) loss of every UNet step, for the record's curve
+    losses = []
     unet_steps, ema = train_unet(
-        unet, text_encoder, latents, token_ids, empty_ids, args, callback=lambda step: losses.append(step["loss"])
+        unet,
+        text_encoder,
+        latents,
+        token_ids,
+        empty_ids,
+        args,
+        callback=lambda step: losses.append(step["loss"]),
     )
     with torch.no_grad():
-        for p, average in zip(list(unet.parameters()) + list(text_encoder.parameters()), ema):
+        for p, average in zip(
+            list(unet.parameters()) + list(text_encoder.parameters()), ema
+        ):
             p.copy_(average)
 
     record = {
-        "command": "python -m minsd.train " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m minsd.train "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "args": {k: str(v) for k, v in vars(args).items()},
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else "cpu",
         "torch": torch.__version__,
         "vae_steps": vae_steps,
         "unet_steps": unet_steps,
@@ -444,7 +590,9 @@ def main(argv=None) -> None:
     if args.resume is not None:
         record["resumed_from"] = json.loads((args.resume / "training.json").read_text())
     factors = preview_factors(latents[:2000], images[:2000])
-    save_folder(args.out, unet.eval(), vae, text_encoder.eval(), tokenizer, factors, record)
+    save_folder(
+        args.out, unet.eval(), vae, text_encoder.eval(), tokenizer, factors, record
+    )
     print(json.dumps(record, indent=2))
 
 

@@ -1,4 +1,5 @@
-"""What the tests share: SD 1.5's noise schedule and diffusers' schedulers on it, a stand-in eps-model,
+"""What the tests share: SD 1.5's noise schedule and diffusers' schedulers on it, a
+stand-in eps-model,
 tiny SD 1.5-shaped components (random weights) and a saved diffusers folder of them."""
 
 import pytest
@@ -12,55 +13,76 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from minsd.denoiser import Denoiser, scaled_linear_alphas_cumprod, sigmas_from_alphas_cumprod
+from minsd.denoiser import (
+    Denoiser,
+    scaled_linear_alphas_cumprod,
+    sigmas_from_alphas_cumprod,
+)
 from minsd.loading import diffusers_unet_config
 from minsd.tokenizer import build_clip_tokenizer
 from minsd.unet import UNetConfig
 
 # -- SD 1.5's noise schedule, and diffusers' schedulers on it ---------------------------------
 
-# minsd's computation of SD 1.5's training schedule; test_denoiser.py checks it against diffusers'.
+# minsd's computation of SD 1.5's training schedule; test_denoiser.py checks it
+# against diffusers'.
 ALPHAS_CUMPROD = scaled_linear_alphas_cumprod()  # (1000,) float64
 SIGMA_TABLE = sigmas_from_alphas_cumprod(ALPHAS_CUMPROD)  # (1000,) float64, increasing
 
-# The SD 1.5 repo's scheduler config; it names no timestep_spacing, so the tests always pin one.
-SD15_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+# The SD 1.5 repo's scheduler config; it names no timestep_spacing, so the tests
+# always pin one.
+SD15_SCHEDULE = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+)
 
 
 def euler_scheduler(spacing: str = "linspace") -> EulerDiscreteScheduler:
-    """diffusers' Euler scheduler on SD 1.5's training schedule; 'karras' is its use_karras_sigmas=True."""
+    """diffusers' Euler scheduler on SD 1.5's training schedule; 'karras' is its
+    use_karras_sigmas=True."""
     if spacing == "karras":
-        return EulerDiscreteScheduler(**SD15_SCHEDULE, timestep_spacing="linspace", use_karras_sigmas=True)
+        return EulerDiscreteScheduler(
+            **SD15_SCHEDULE, timestep_spacing="linspace", use_karras_sigmas=True
+        )
     return EulerDiscreteScheduler(**SD15_SCHEDULE, timestep_spacing=spacing)
 
 
-def euler_ancestral_scheduler(spacing: str = "linspace") -> EulerAncestralDiscreteScheduler:
+def euler_ancestral_scheduler(
+    spacing: str = "linspace",
+) -> EulerAncestralDiscreteScheduler:
     """diffusers' Euler ancestral scheduler on SD 1.5's training schedule."""
     return EulerAncestralDiscreteScheduler(**SD15_SCHEDULE, timestep_spacing=spacing)
 
 
-def diffusers_schedule(spacing: str, num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """diffusers' Euler schedule for num_steps steps: sigmas (N + 1,) ending in 0 and timesteps (N,), float64."""
+def diffusers_schedule(
+    spacing: str, num_steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' Euler schedule for num_steps steps: sigmas (N + 1,) ending in 0 and
+    timesteps (N,), float64."""
     scheduler = euler_scheduler(spacing)
     scheduler.set_timesteps(num_steps)
     return scheduler.sigmas.double(), scheduler.timesteps.double()
 
 
 class DummyEps(torch.nn.Module):
-    """A stand-in for the UNet: a deterministic eps(x, t), smooth in x and t, that records the timesteps it sees."""
+    """A stand-in for the UNet: a deterministic eps(x, t), smooth in x and t, that
+    records the timesteps it sees."""
 
     def __init__(self):
         super().__init__()
-        self.slope = torch.nn.Parameter(torch.tensor(0.7))  # Denoiser runs the network in its parameters' dtype
+        # Denoiser runs the network in its parameters' dtype
+        self.slope = torch.nn.Parameter(torch.tensor(0.7))
         self.seen_t = []
 
     def forward(self, x, t, context=None):  # no text: context is ignored
         self.seen_t.append(float(t))
-        return torch.tanh(self.slope * x + 0.3) * torch.cos(torch.as_tensor(t, dtype=torch.float32) / 400)
+        return torch.tanh(self.slope * x + 0.3) * torch.cos(
+            torch.as_tensor(t, dtype=torch.float32) / 400
+        )
 
 
 def sd15_denoiser(eps_model: torch.nn.Module):
-    """minsd's Denoiser around eps_model on SD 1.5's schedule, called as the samplers call it: D(x; sigma)."""
+    """minsd's Denoiser around eps_model on SD 1.5's schedule, called as the samplers
+    call it: D(x; sigma)."""
     denoiser = Denoiser(eps_model, ALPHAS_CUMPROD)
     no_text = torch.zeros(1, 1, 1)  # (B, T, D): DummyEps reads no text
 
@@ -72,7 +94,8 @@ def sd15_denoiser(eps_model: torch.nn.Module):
 
 # -- Tiny SD 1.5-shaped components ------------------------------------------------------------
 
-# Two tiny UNets of SD 1.5's shape: 4 levels, cross-attention on the first three down / last three up blocks.
+# Two tiny UNets of SD 1.5's shape: 4 levels, cross-attention on the first three down
+# / last three up blocks.
 TINY_UNET_CONFIGS = {
     "tiny-a": UNetConfig(
         sample_size=8,
@@ -94,7 +117,8 @@ TINY_UNET_CONFIGS = {
 
 
 def diffusers_unet(cfg: UNetConfig, seed: int = 0) -> UNet2DConditionModel:
-    """diffusers' UNet2DConditionModel with the same sizes; every weight random (none left at zero)."""
+    """diffusers' UNet2DConditionModel with the same sizes; every weight random (none
+    left at zero)."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(diffusers_unet_config(cfg))
     randomize(unet)
@@ -102,7 +126,8 @@ def diffusers_unet(cfg: UNetConfig, seed: int = 0) -> UNet2DConditionModel:
 
 
 def randomize(module: torch.nn.Module, scale: float = 0.05) -> None:
-    """Add noise to every parameter, so that zero-initialised layers cannot hide a wiring mistake."""
+    """Add noise to every parameter, so that zero-initialised layers cannot hide a
+    wiring mistake."""
     with torch.no_grad():
         for p in module.parameters():
             p.add_(torch.randn_like(p) * scale)
@@ -123,7 +148,15 @@ def tiny_vae(seed: int = 0) -> AutoencoderKL:
     return vae.eval()
 
 
-TINY_MERGES = [("r", "e"), ("re", "d</w>"), ("c", "i"), ("ci", "r"), ("a", "t</w>"), ("b", "l"), ("u", "e</w>")]
+TINY_MERGES = [
+    ("r", "e"),
+    ("re", "d</w>"),
+    ("c", "i"),
+    ("ci", "r"),
+    ("a", "t</w>"),
+    ("b", "l"),
+    ("u", "e</w>"),
+]
 
 
 def tiny_tokenizer(max_length: int = 77):
@@ -146,7 +179,9 @@ def tiny_text_encoder(cross_attention_dim: int, seed: int = 0) -> CLIPTextModel:
     return CLIPTextModel(config).eval()
 
 
-def diffusers_pipeline(cfg: UNetConfig = TINY_UNET_CONFIGS["tiny-a"]) -> StableDiffusionPipeline:
+def diffusers_pipeline(
+    cfg: UNetConfig = TINY_UNET_CONFIGS["tiny-a"],
+) -> StableDiffusionPipeline:
     return StableDiffusionPipeline(
         vae=tiny_vae(),
         text_encoder=tiny_text_encoder(cfg.cross_attention_dim),
@@ -161,13 +196,15 @@ def diffusers_pipeline(cfg: UNetConfig = TINY_UNET_CONFIGS["tiny-a"]) -> StableD
 
 @pytest.fixture(scope="session")
 def tiny_reference() -> StableDiffusionPipeline:
-    """A tiny diffusers text-to-image pipeline (random weights), the reference for minsd's."""
+    """A tiny diffusers text-to-image pipeline (random weights), the reference for
+    minsd's."""
     return diffusers_pipeline()
 
 
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory, tiny_reference):
-    """The tiny reference pipeline, saved in diffusers' folder format with safetensors."""
+    """The tiny reference pipeline, saved in diffusers' folder format with
+    safetensors."""
     folder = tmp_path_factory.mktemp("tiny-sd")
     tiny_reference.save_pretrained(folder, safe_serialization=True)
     return folder

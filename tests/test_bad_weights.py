@@ -1,11 +1,13 @@
-"""Bad weights and bad arguments to load_pipeline: a clear error at load time, nothing created or destroyed.
+"""Bad weights and bad arguments to load_pipeline: a clear error at load time, nothing
+created or destroyed.
 
-Each row of CASES is one bad input: how to break a copy of the tiny diffusers folder (or which argument
-to pass), the exception load_pipeline must raise, and a regular expression its message must match,
-naming the file, the field or the value and what is allowed. Every case copies tiny_folder into its own
-tmp_path (configs and tokenizer copied, weights symlinked; a case that changes a weights file replaces
-its link with a changed copy) and checks that loading created, removed and resized no file there.
-Bad arguments to `generate` and to the command line are in test_bad_inputs.py.
+Each row of CASES is one bad input: how to break a copy of the tiny diffusers folder (or
+which argument to pass), the exception load_pipeline must raise, and a regular
+expression its message must match, naming the file, the field or the value and what is
+allowed. Every case copies tiny_folder into its own tmp_path (configs and tokenizer
+copied, weights symlinked; a case that changes a weights file replaces its link with a
+changed copy) and checks that loading created, removed and resized no file there. Bad
+arguments to `generate` and to the command line are in test_bad_inputs.py.
 """
 
 import json
@@ -26,19 +28,22 @@ from minsd.loading import SD15_UNET, UNET_IGNORED, UNET_SIZES, load_pipeline
 
 @dataclass
 class Work:
-    """A case's tmp_path, with a copy of tiny_folder in model/ and the tiny checkpoint in the original layout."""
+    """A case's tmp_path, with a copy of tiny_folder in model/ and the tiny checkpoint
+    in the original layout."""
 
     root: Path
     folder: Path
     checkpoint: Path  # shared by every case: read, never changed
 
 
-Edit = Callable[[Work], dict]  # breaks something under work.root; returns load_pipeline's arguments
+# breaks something under work.root; returns load_pipeline's arguments
+Edit = Callable[[Work], dict]
 DELETE = object()  # as a field's new value: remove the field
 
 
 def replace_link(path: Path) -> None:
-    """Turn a symlinked weights file into a copy of its own, so that changing it leaves tiny_folder alone."""
+    """Turn a symlinked weights file into a copy of its own, so that changing it leaves
+    tiny_folder alone."""
     if path.is_symlink():
         data = path.read_bytes()
         path.unlink()
@@ -103,7 +108,9 @@ def tensors(relative: str, drop: tuple[str, ...] = (), add: dict | None = None) 
 
     def edit(work: Work) -> dict:
         path = work.folder / relative
-        state = {k: v for k, v in load_file(path).items() if k not in drop} | (add or {})
+        state = {k: v for k, v in load_file(path).items() if k not in drop} | (
+            add or {}
+        )
         path.unlink()
         save_file(state, path)
         return {}
@@ -112,11 +119,14 @@ def tensors(relative: str, drop: tuple[str, ...] = (), add: dict | None = None) 
 
 
 def text_encoder_of_width(width: int) -> Edit:
-    """A real text encoder (config and weights) whose output is not as wide as the UNet's cross-attention reads."""
+    """A real text encoder (config and weights) whose output is not as wide as the
+    UNet's cross-attention reads."""
 
     def edit(work: Work) -> dict:
         shutil.rmtree(work.folder / "text_encoder")
-        tiny_text_encoder(width).save_pretrained(work.folder / "text_encoder", safe_serialization=True)
+        tiny_text_encoder(width).save_pretrained(
+            work.folder / "text_encoder", safe_serialization=True
+        )
         return {}
 
     return edit
@@ -128,7 +138,8 @@ def arguments(**kwargs: object) -> Edit:
 
 
 def weights(name: str, content: bytes | None = None, folder: bool = False) -> Edit:
-    """weights=name, relative to the case's tmp_path (the working folder), made a file or a folder if asked."""
+    """weights=name, relative to the case's tmp_path (the working folder), made a file
+    or a folder if asked."""
 
     def edit(work: Work) -> dict:
         if content is not None:
@@ -141,9 +152,13 @@ def weights(name: str, content: bytes | None = None, folder: bool = False) -> Ed
 
 
 def single_file(
-    config: str | None = "model", drop_prefix: str | None = None, drop: tuple[str, ...] = (), keep: float = 1.0
+    config: str | None = "model",
+    drop_prefix: str | None = None,
+    drop: tuple[str, ...] = (),
+    keep: float = 1.0,
 ) -> Edit:
-    """The tiny checkpoint (or a changed copy) as weights, with config= the copied folder (or as given)."""
+    """The tiny checkpoint (or a changed copy) as weights, with config= the copied
+    folder (or as given)."""
 
     def edit(work: Work) -> dict:
         path = work.root / "tiny.safetensors"
@@ -153,15 +168,27 @@ def single_file(
             data = work.checkpoint.read_bytes()
             path.write_bytes(data[: int(len(data) * keep)])
         else:
-            state = {k: v for k, v in load_file(work.checkpoint).items() if k not in drop}
-            save_file({k: v for k, v in state.items() if not k.startswith(drop_prefix or "\0")}, path)
-        return {"weights": path} | ({"config": work.root / config} if config is not None else {})
+            state = {
+                k: v for k, v in load_file(work.checkpoint).items() if k not in drop
+            }
+            save_file(
+                {
+                    k: v
+                    for k, v in state.items()
+                    if not k.startswith(drop_prefix or "\0")
+                },
+                path,
+            )
+        return {"weights": path} | (
+            {"config": work.root / config} if config is not None else {}
+        )
 
     return edit
 
 
 UNET = r"unet/config\.json does not describe an SD 1\.5-shaped UNet .*"
-# One value per field of SD15_UNET that minsd does not implement (each changes the function in diffusers).
+# One value per field of SD15_UNET that minsd does not implement (each changes the
+# function in diffusers).
 UNET_BAD_VALUES = {
     "center_input_sample": True,
     "flip_sin_to_cos": False,
@@ -202,9 +229,7 @@ UNET_BAD_VALUES = {
     "addition_embed_type_num_heads": 8,
 }
 SCHEDULER = "scheduler/scheduler_config.json"
-NOT_A_HUB_ID = (
-    r"is not a local folder, and it could not be downloaded: no such file or folder .*cannot be a Hugging Face"
-)
+NOT_A_HUB_ID = r"is not a local folder, and it could not be downloaded: no such file or folder .*cannot be a Hugging Face"
 
 # fmt: off
 CASES = [
@@ -353,7 +378,8 @@ CASES = [
 
 
 def copy_model(source: Path, folder: Path) -> None:
-    """tiny_folder's configs and tokenizer copied, its weights symlinked (cases that change one replace it)."""
+    """tiny_folder's configs and tokenizer copied, its weights symlinked (cases that
+    change one replace it)."""
     folder.mkdir()
     for path in sorted(source.rglob("*")):
         target = folder / path.relative_to(source)
@@ -387,21 +413,28 @@ def work(tmp_path, tiny_folder, tiny_checkpoint, monkeypatch) -> Work:
 
 
 def test_the_unbroken_copy_loads(work, tiny_folder):
-    """The copy every case starts from is good: it loads and changes nothing in tiny_folder."""
+    """The copy every case starts from is good: it loads and changes nothing in
+    tiny_folder."""
     before = listing(tiny_folder)
     pipe = load_pipeline(work.folder, device="cpu")
     assert pipe.unet.config.cross_attention_dim == 32 and listing(tiny_folder) == before
 
 
-@pytest.mark.parametrize(("name", "edit", "error", "pattern"), CASES, ids=[case[0] for case in CASES])
-def test_bad_input_is_refused_at_load_time(work, tiny_folder, name, edit, error, pattern):
+@pytest.mark.parametrize(
+    ("name", "edit", "error", "pattern"), CASES, ids=[case[0] for case in CASES]
+)
+def test_bad_input_is_refused_at_load_time(
+    work, tiny_folder, name, edit, error, pattern
+):
     originals = listing(tiny_folder)
     load_arguments = {"weights": work.folder, "device": "cpu"} | edit(work)
     before = listing(work.root)
     with pytest.raises(error) as caught:
         load_pipeline(**load_arguments)
     assert re.search(pattern, str(caught.value), re.DOTALL), f"{name}: {caught.value}"
-    assert listing(work.root) == before, f"{name}: loading created, removed or changed files"
+    assert listing(work.root) == before, (
+        f"{name}: loading created, removed or changed files"
+    )
     assert listing(tiny_folder) == originals
 
 
@@ -411,8 +444,9 @@ def test_the_cases_are_distinct_and_many():
 
 
 def test_the_unet_table_covers_every_diffusers_field():
-    """Every argument of diffusers' UNet2DConditionModel is in loading.py's table, read as a size, or
-    ignored with a reason; the table's values are diffusers' defaults (so a missing field is SD 1.5's) and
+    """Every argument of diffusers' UNet2DConditionModel is in loading.py's table,
+    read as a size, or ignored with a reason; the table's values are diffusers'
+    defaults (so a missing field is SD 1.5's) and
     every one has a case above; the sizes' defaults are diffusers'."""
     import inspect
 
@@ -422,5 +456,8 @@ def test_the_unet_table_covers_every_diffusers_field():
     defaults = {name: p.default for name, p in parameters.items() if name != "self"}
     assert defaults.keys() == SD15_UNET.keys() | UNET_SIZES.keys() | set(UNET_IGNORED)
     assert all(defaults[field] == value for field, value in SD15_UNET.items())
-    assert all(list(defaults[f]) == v if isinstance(v, list) else defaults[f] == v for f, v in UNET_SIZES.items())
+    assert all(
+        list(defaults[f]) == v if isinstance(v, list) else defaults[f] == v
+        for f, v in UNET_SIZES.items()
+    )
     assert UNET_BAD_VALUES.keys() == SD15_UNET.keys()

@@ -1,12 +1,14 @@
-"""The book, built strictly (every notebook executed) and opened page by page in headless Chromium.
+"""The book, built strictly (every notebook executed) and opened page by page in
+headless Chromium.
 
-The one place where the chapters are executed. Asserts that the build succeeds with no warnings,
-and that every page reads clean in a 1280 px wide window: no local resource fails to load, every
-figure is drawn, each player's "next frame" button changes its frame, no Markdown table is shown
-as raw pipe text, no display equation or code cell is wider than the text column, no output shows
-a traceback, an error or a warning, no link text shows raw LaTeX, the sidebar numbers the chapters
-as their files do, and every chapter's exercises have worked solutions, collapsed until clicked.
-Screenshots of every page are kept in tests/output/book/ (not in git).
+The one place where the chapters are executed. Asserts that the build succeeds with no
+warnings, and that every page reads clean in a 1280 px wide window: no local resource
+fails to load, every figure is drawn, each player's "next frame" button changes its
+frame, no Markdown table is shown as raw pipe text, no display equation or code cell is
+wider than the text column, no output shows a traceback, an error or a warning, no link
+text shows raw LaTeX, the sidebar numbers the chapters as their files do, and every
+chapter's exercises have worked solutions, collapsed until clicked. Screenshots of every
+page are kept in tests/output/book/ (not in git).
 """
 
 import functools
@@ -96,9 +98,10 @@ READING_PROBLEMS = r"""() => {
 }"""
 
 
-# The worked solutions of a chapter's exercises: dropdown admonitions titled "Solution..." (collapsed by
-# sphinx-togglebutton: class toggle-hidden, body hidden) and code cells tagged hide-cell whose source starts
-# "# Solution to exercise" (a closed <details>). Returns counts, and how many of each a reader sees open.
+# The worked solutions of a chapter's exercises: dropdown admonitions titled
+# "Solution..." (collapsed by sphinx-togglebutton: class toggle-hidden, body hidden)
+# and code cells tagged hide-cell whose source starts "# Solution to exercise" (a
+# closed <details>). Returns counts, and how many of each a reader sees open.
 SOLUTIONS = r"""() => {
   const main = document.querySelector("main") || document.body;
   const admonitions = [...main.querySelectorAll(".admonition.dropdown")]
@@ -114,9 +117,11 @@ SOLUTIONS = r"""() => {
 
 
 def sidebar_problems(page) -> list[str]:
-    """The sidebar numbers each chapter as its file is numbered: notebooks/02_euler is chapter 2."""
+    """The sidebar numbers each chapter as its file is numbered: notebooks/02_euler is
+    chapter 2."""
     links = page.eval_on_selector_all(
-        "nav.bd-docs-nav a.reference.internal", "links => links.map(a => [a.getAttribute('href'), a.textContent])"
+        "nav.bd-docs-nav a.reference.internal",
+        "links => links.map(a => [a.getAttribute('href'), a.textContent])",
     )
     problems = []
     for href, text in links:
@@ -127,14 +132,18 @@ def sidebar_problems(page) -> list[str]:
 
 
 def pages(book: Path) -> list[str]:
-    files = re.findall(r"^(?:root:|\s*- file:) (\S+)", (ROOT / "_toc.yml").read_text(), flags=re.M)
+    files = re.findall(
+        r"^(?:root:|\s*- file:) (\S+)", (ROOT / "_toc.yml").read_text(), flags=re.M
+    )
     return [f"{f}.html" for f in files]
 
 
 @pytest.mark.slow
 def test_book_in_a_browser(book, server):
     if CHROMIUM is None:
-        pytest.fail("no Chromium: install it (apt-get install chromium), as .ci/setup does")
+        pytest.fail(
+            "no Chromium: install it (apt-get install chromium), as .ci/setup does"
+        )
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -143,10 +152,24 @@ def test_book_in_a_browser(book, server):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         failed = []
-        page.on("requestfailed", lambda r: failed.append(r.url) if r.url.startswith(server) else None)
-        page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-        # Nothing outside this machine: block remote requests instead of waiting for them.
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server) else route.abort())
+        page.on(
+            "requestfailed",
+            lambda r: failed.append(r.url) if r.url.startswith(server) else None,
+        )
+        page.on(
+            "response",
+            lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+        )
+        # Nothing outside this machine: block remote requests instead of
+        # waiting for them.
+        page.route(
+            "**/*",
+            lambda route: (
+                route.continue_()
+                if route.request.url.startswith(server)
+                else route.abort()
+            ),
+        )
         for name in pages(book):
             failed.clear()
             page.goto(f"{server}/{name}", wait_until="load")
@@ -155,7 +178,8 @@ def test_book_in_a_browser(book, server):
                 problems.append(f"{name}: failed to load {failed}")
             # Every image is present and decoded (naturalWidth > 0).
             broken = page.eval_on_selector_all(
-                "img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80))"
+                "img",
+                "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80))",
             )
             if broken:
                 problems.append(f"{name}: broken images {broken}")
@@ -165,11 +189,17 @@ def test_book_in_a_browser(book, server):
                 solutions = page.evaluate(SOLUTIONS)
                 solutions_seen += solutions["admonitions"]
                 if solutions["admonitions"] == 0:
-                    problems.append(f"{name}: exercises without a single worked solution")
+                    problems.append(
+                        f"{name}: exercises without a single worked solution"
+                    )
                 if solutions["shown"] or solutions["open"]:
                     problems.append(f"{name}: solutions open on arrival {solutions}")
-            page.evaluate("async () => { if (window.MathJax?.startup) await MathJax.startup.promise; }")
-            problems += [f"{name}: {problem}" for problem in page.evaluate(READING_PROBLEMS)]
+            page.evaluate(
+                "async () => { if (window.MathJax?.startup) await MathJax.startup.promise; }"
+            )
+            problems += [
+                f"{name}: {problem}" for problem in page.evaluate(READING_PROBLEMS)
+            ]
             problems += [f"{name}: {problem}" for problem in sidebar_problems(page)]
             # Players (matplotlib's to_jshtml): 'next frame' must change the frame.
             for player in page.locator("div.animation").all():
@@ -179,11 +209,19 @@ def test_book_in_a_browser(book, server):
                 player.locator("button[title='Next frame']").first.click()
                 page.wait_for_timeout(100)
                 if image.get_attribute("src") == before:
-                    problems.append(f"{name}: a player's next-frame button did not change its frame")
+                    problems.append(
+                        f"{name}: a player's next-frame button did not change its frame"
+                    )
             page.screenshot(
-                path=str(SCREENSHOTS / (name.replace("/", "_").removesuffix(".html") + ".png")), full_page=True
+                path=str(
+                    SCREENSHOTS
+                    / (name.replace("/", "_").removesuffix(".html") + ".png")
+                ),
+                full_page=True,
             )
         browser.close()
     assert not problems, "\n".join(problems)
     assert players_seen >= 6  # the sliders of chapters 1-8, drawn in advance
-    assert solutions_seen >= 3 * len([p for p in pages(book) if p.startswith("notebooks/")])
+    assert solutions_seen >= 3 * len(
+        [p for p in pages(book) if p.startswith("notebooks/")]
+    )

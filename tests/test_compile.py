@@ -1,4 +1,5 @@
-"""`compile_unet` on the CPU: inductor with weight freezing, scoped to the compiled module's own calls."""
+"""`compile_unet` on the CPU: inductor with weight freezing, scoped to the compiled
+module's own calls."""
 
 import torch
 from torch import nn
@@ -16,13 +17,16 @@ class ConvNet(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(4, 4, kernel_size=3, padding=1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
         return self.conv(x) * t[:, None, None, None] + context.mean()
 
 
 def test_cpu_compile_freezes_weights_without_changing_inductors_global_setting():
-    """The compiled module computes what the eager one does, with its weights frozen into the graph
-    (changing a weight afterwards changes nothing), and inductor's process-wide `freezing` flag is
+    """The compiled module computes what the eager one does, with its weights frozen
+    into the graph (changing a weight afterwards changes nothing), and inductor's
+    process-wide `freezing` flag is
     the same after compiling and calling as before."""
     torch.manual_seed(0)
     net = ConvNet().eval()

@@ -1,4 +1,5 @@
-"""DPM-Solver++(2M): second order against exact and Runge-Kutta flows, and diffusers' DPMSolverMultistepScheduler."""
+"""DPM-Solver++(2M): second order against exact and Runge-Kutta flows, and diffusers'
+DPMSolverMultistepScheduler."""
 
 import math
 
@@ -16,34 +17,49 @@ from minsd.toy import GaussianMixture, example_mixture, loglog_slope
 
 
 def test_order_two_on_one_blob_against_the_exact_flow():
-    """One Gaussian blob N(mu, s^2 I) has the exact flow x(sigma) - mu = (x(sigma_max) - mu) sqrt((s^2 + sigma^2) /
-    (s^2 + sigma_max^2)) (test_toy.py). DPM++ 2M's error falls as N^-2; Euler's, for contrast, as N^-1."""
+    """One Gaussian blob N(mu, s^2 I) has the exact flow x(sigma) - mu =
+    (x(sigma_max) - mu) sqrt((s^2 + sigma^2) /
+    (s^2 + sigma_max^2)) (test_toy.py). DPM++ 2M's error falls as N^-2; Euler's, for
+    contrast, as N^-1."""
     mu, s, sigma_max = torch.tensor([1.0, -0.5], dtype=torch.float64), 0.4, 10.0
     blob = GaussianMixture(means=[mu.tolist()], stds=[s])
-    x = sigma_max * torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = sigma_max * torch.randn(
+        32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     exact = mu + (x - mu) * math.sqrt(s**2 / (s**2 + sigma_max**2))
-    # From 16 steps on the error is in its asymptotic regime (4 -> 8 steps it still grows); at 256 it is ~1e-4,
-    # far above the float32 state's ~1e-6.
+    # From 16 steps on the error is in its asymptotic regime (4 -> 8 steps it
+    # still grows); at 256 it is ~1e-4, far above the float32 state's ~1e-6.
     steps = [16, 32, 64, 128, 256]
     slopes = {}
     for name, sampler in [("dpmpp_2m", sample_dpmpp_2m), ("euler", sample_euler)]:
         errors = []
         for n in steps:
-            sigmas = karras_sigmas(n + 1, 0.0, sigma_max)  # n steps, the last down to exactly 0
-            errors.append((sampler(blob, x, sigmas).double() - exact).norm(dim=1).mean().item())
+            # n steps, the last down to exactly 0
+            sigmas = karras_sigmas(n + 1, 0.0, sigma_max)
+            errors.append(
+                (sampler(blob, x, sigmas).double() - exact).norm(dim=1).mean().item()
+            )
         slopes[name] = loglog_slope(steps, errors)
-        print(f"one blob, {name}: errors {[f'{e:.2e}' for e in errors]} at N = {steps}, slope {slopes[name]:.3f}")
+        print(
+            f"one blob, {name}: errors {[f'{e:.2e}' for e in errors]} at N = {steps}, slope {slopes[name]:.3f}"
+        )
     assert -2.3 < slopes["dpmpp_2m"] < -1.7
     assert -1.2 < slopes["euler"] < -0.8
 
 
-def runge_kutta_flow(denoiser, x: torch.Tensor, sigma_from: float, sigma_to: float, n: int) -> torch.Tensor:
-    """The classical 4th-order Runge-Kutta method in float64 on dx/dt = D(x; e^-t) - x, t = -log sigma, n even steps.
+def runge_kutta_flow(
+    denoiser, x: torch.Tensor, sigma_from: float, sigma_to: float, n: int
+) -> torch.Tensor:
+    """The classical 4th-order Runge-Kutta method in float64 on dx/dt = D(x; e^-t) -
+    x, t = -log sigma, n even steps.
 
-    An independent reference: with t = -log sigma, dx/dsigma = (x - D) / sigma becomes dx/dt = D - x.
+    An independent reference: with t = -log sigma, dx/dsigma = (x - D) / sigma
+    becomes dx/dt = D - x.
     """
     x = x.double()
-    t = torch.linspace(-math.log(sigma_from), -math.log(sigma_to), n + 1, dtype=torch.float64).tolist()
+    t = torch.linspace(
+        -math.log(sigma_from), -math.log(sigma_to), n + 1, dtype=torch.float64
+    ).tolist()
     for t_i, t_next in zip(t[:-1], t[1:]):
         dt, t_mid = t_next - t_i, (t_i + t_next) / 2
         k1 = denoiser(x, math.exp(-t_i)) - x
@@ -55,20 +71,33 @@ def runge_kutta_flow(denoiser, x: torch.Tensor, sigma_from: float, sigma_to: flo
 
 
 def test_order_two_on_the_mixture_against_runge_kutta():
-    """The three-blob mixture, whose D is nonlinear in x, from sigma = 10 to 0.02 (a schedule that does not end in 0,
-    so every step after the first is second order): the error against a fine Runge-Kutta solution falls as N^-2."""
+    """The three-blob mixture, whose D is nonlinear in x, from sigma = 10 to 0.02 (a
+    schedule that does not end in 0,
+    so every step after the first is second order): the error against a fine
+    Runge-Kutta solution falls as N^-2."""
     mixture, sigma_max, sigma_min = example_mixture(), 10.0, 0.02
-    x = sigma_max * torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = sigma_max * torch.randn(
+        32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     reference = runge_kutta_flow(mixture, x, sigma_max, sigma_min, 200)
     coarser = runge_kutta_flow(mixture, x, sigma_max, sigma_min, 100)
-    assert (reference - coarser).norm(dim=1).mean() < 1e-5  # RK4's own error: far below the errors measured below
+    # RK4's own error: far below the errors measured below
+    assert (reference - coarser).norm(dim=1).mean() < 1e-5
     steps = [16, 32, 64, 128]
     errors = []
     for n in steps:
-        sigmas = karras_sigmas(n + 1, sigma_min, sigma_max)  # n steps from sigma_max to sigma_min
-        errors.append((sample_dpmpp_2m(mixture, x, sigmas).double() - reference).norm(dim=1).mean().item())
+        # n steps from sigma_max to sigma_min
+        sigmas = karras_sigmas(n + 1, sigma_min, sigma_max)
+        errors.append(
+            (sample_dpmpp_2m(mixture, x, sigmas).double() - reference)
+            .norm(dim=1)
+            .mean()
+            .item()
+        )
     slope = loglog_slope(steps, errors)
-    print(f"mixture, dpmpp_2m: errors {[f'{e:.2e}' for e in errors]} at N = {steps}, slope {slope:.3f}")
+    print(
+        f"mixture, dpmpp_2m: errors {[f'{e:.2e}' for e in errors]} at N = {steps}, slope {slope:.3f}"
+    )
     assert -2.3 < slope < -1.7
 
 
@@ -79,7 +108,8 @@ def test_order_two_on_the_mixture_against_runge_kutta():
 
 
 def dpm_scheduler(karras: bool = False, **config) -> DPMSolverMultistepScheduler:
-    """diffusers' DPM-Solver++(2M) (data prediction, midpoint) on SD 1.5's schedule: linspace or Karras sigmas."""
+    """diffusers' DPM-Solver++(2M) (data prediction, midpoint) on SD 1.5's schedule:
+    linspace or Karras sigmas."""
     return DPMSolverMultistepScheduler(
         **SD15_SCHEDULE,
         algorithm_type="dpmsolver++",
@@ -91,8 +121,11 @@ def dpm_scheduler(karras: bool = False, **config) -> DPMSolverMultistepScheduler
     )
 
 
-def diffusers_states(scheduler: DPMSolverMultistepScheduler, n: int, noise: torch.Tensor, eps_model) -> torch.Tensor:
-    """diffusers' loop (scale_model_input, the model at the scheduler's timestep, step): its VP state before every
+def diffusers_states(
+    scheduler: DPMSolverMultistepScheduler, n: int, noise: torch.Tensor, eps_model
+) -> torch.Tensor:
+    """diffusers' loop (scale_model_input, the model at the scheduler's timestep,
+    step): its VP state before every
     step and after the last, (n + 1, *noise.shape)."""
     scheduler.set_timesteps(n)
     assert scheduler.init_noise_sigma == 1.0
@@ -105,9 +138,13 @@ def diffusers_states(scheduler: DPMSolverMultistepScheduler, n: int, noise: torc
     return torch.stack(states)
 
 
-def minsd_states(sampler_calls: list[torch.Tensor], noise: torch.Tensor, eps_model) -> torch.Tensor:
-    """sample_dpmpp_2m from the same x_T, x = x_T / alpha = x_T sqrt(sigma_0^2 + 1), called once per schedule in
-    sampler_calls (each starts where the last ended): its states in diffusers' VP form, like diffusers_states."""
+def minsd_states(
+    sampler_calls: list[torch.Tensor], noise: torch.Tensor, eps_model
+) -> torch.Tensor:
+    """sample_dpmpp_2m from the same x_T, x = x_T / alpha = x_T sqrt(sigma_0^2 + 1),
+    called once per schedule in
+    sampler_calls (each starts where the last ended): its states in diffusers' VP
+    form, like diffusers_states."""
     denoiser = sd15_denoiser(eps_model)
     x = noise * (sampler_calls[0][0] ** 2 + 1).sqrt().float()
     states = []
@@ -116,60 +153,80 @@ def minsd_states(sampler_calls: list[torch.Tensor], noise: torch.Tensor, eps_mod
         x = sample_dpmpp_2m(denoiser, x, sigmas, callback=seen.append)
         states += [step["x"] for step in seen]
     states.append(x)
-    visited = torch.cat([sigmas[:-1] for sigmas in sampler_calls] + [sampler_calls[-1][-1:]])  # (n + 1,)
-    alpha = (1 / (visited**2 + 1).sqrt()).float().reshape(-1, *[1] * noise.dim())  # (n + 1, 1, 1, 1, 1)
+    # (n + 1,)
+    visited = torch.cat(
+        [sigmas[:-1] for sigmas in sampler_calls] + [sampler_calls[-1][-1:]]
+    )
+    # (n + 1, 1, 1, 1, 1)
+    alpha = (1 / (visited**2 + 1).sqrt()).float().reshape(-1, *[1] * noise.dim())
     return torch.stack(states) * alpha  # x_t = alpha_t x
 
 
 def float32_bound(n: int, states: torch.Tensor) -> float:
-    """How far two float32 loops that round differently may drift apart in n steps: 2 eps max|x| per step (four unit
-    roundoffs of the largest entry), added up. Each step rounds about five x-sized products and sums on each side,
-    in diffusers' VP form and in minsd's; and this flow hardly amplifies a perturbation (for DummyEps a change of x_T
-    moves the result by at most ~1.5x as much), so the drift grows about linearly in n."""
+    """How far two float32 loops that round differently may drift apart in n steps:
+    2 eps max|x| per step (four unit roundoffs of the largest entry), added up. Each
+    step rounds about five x-sized products and sums on each side, in diffusers' VP
+    form and in minsd's; and this flow hardly amplifies a perturbation (for DummyEps
+    a change of x_T
+    moves the result by at most ~1.5x as much), so the drift grows about linearly in
+    n."""
     return 2 * n * torch.finfo(torch.float32).eps * states.abs().max().item()
 
 
 class WholeStepEps(DummyEps):
-    """DummyEps read at the nearest whole training step. diffusers' DPM scheduler rounds the timesteps of Karras
-    sigmas to whole steps, minsd's Denoiser hands the model the fractional t = sigma^-1(sigma) (as diffusers' Euler
-    scheduler does); for this model the two are the same, which leaves the solvers to compare."""
+    """DummyEps read at the nearest whole training step. diffusers' DPM scheduler
+    rounds the timesteps of Karras sigmas to whole steps, minsd's Denoiser hands the
+    model the fractional t = sigma^-1(sigma) (as diffusers' Euler
+    scheduler does); for this model the two are the same, which leaves the solvers
+    to compare."""
 
     def forward(self, x, t, context=None):
-        return super().forward(x, torch.as_tensor(t, dtype=torch.float64).round(), context)
+        return super().forward(
+            x, torch.as_tensor(t, dtype=torch.float64).round(), context
+        )
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 10, 14, 15, 25, 50])
 @pytest.mark.parametrize("karras", [False, True], ids=["linspace", "karras"])
 def test_matches_diffusers_step_for_step(karras, n):
-    """sample_dpmpp_2m equals diffusers' loop at every step, driven by the same noise and eps-model, on diffusers' own
-    schedule. minsd takes scheduler.sigmas: diffusers' DPM 'linspace' visits the whole steps round(999 (N - i) / N),
-    neither minsd's nor diffusers' Euler linspace, and its Karras sigma_min comes from a float32 table, 1.3e-5
+    """sample_dpmpp_2m equals diffusers' loop at every step, driven by the same
+    noise and eps-model, on diffusers' own schedule. minsd takes scheduler.sigmas:
+    diffusers' DPM 'linspace' visits the whole steps round(999 (N - i) / N), neither
+    minsd's nor diffusers' Euler linspace, and its Karras sigma_min comes from a
+    float32 table, 1.3e-5
     off minsd's; both are checked against minsd's schedule functions here."""
     torch.manual_seed(0)
     noise = torch.randn(2, 4, 8, 8)
-    scheduler = dpm_scheduler(karras)  # lower_order_final=True, final_sigmas_type="zero": diffusers' defaults
+    # lower_order_final=True, final_sigmas_type="zero": diffusers' defaults
+    scheduler = dpm_scheduler(karras)
     reference_eps, ours_eps = WholeStepEps(), WholeStepEps()
     expected = diffusers_states(scheduler, n, noise, reference_eps)
     sigmas = scheduler.sigmas.double()  # (n + 1,), float32 values, ending in 0
     if karras:
         assert_close(sigmas, get_sigmas(SIGMA_TABLE, n, "karras"), rtol=2e-5, atol=0)
     else:
-        assert_close(sigmas[:-1], t_to_sigma(scheduler.timesteps, SIGMA_TABLE), rtol=2e-5, atol=0)
+        assert_close(
+            sigmas[:-1], t_to_sigma(scheduler.timesteps, SIGMA_TABLE), rtol=2e-5, atol=0
+        )
     assert sigmas[-1] == 0
 
     states = minsd_states([sigmas], noise, ours_eps)
-    # The model sees the same timesteps (whole steps: WholeStepEps rounds minsd's fractional ones).
+    # The model sees the same timesteps (whole steps: WholeStepEps rounds minsd's
+    # fractional ones).
     assert ours_eps.seen_t == reference_eps.seen_t
     bound = float32_bound(n, expected)
     max_diff = (states - expected).abs().max().item()
-    print(f"{'karras' if karras else 'linspace'} N={n}: max |diff| {max_diff:.2e} (bound {bound:.2e})")
+    print(
+        f"{'karras' if karras else 'linspace'} N={n}: max |diff| {max_diff:.2e} (bound {bound:.2e})"
+    )
     assert max_diff <= bound
 
 
 @pytest.mark.parametrize("n", [10, 25])
 def test_diffusers_karras_timesteps_are_whole_steps(n):
-    """The one difference left on Karras sigmas with a model that reads t smoothly: diffusers rounds each Karras
-    timestep to a whole step, minsd's Denoiser does not. The timesteps differ by that rounding only, and it moves
+    """The one difference left on Karras sigmas with a model that reads t smoothly:
+    diffusers rounds each Karras timestep to a whole step, minsd's Denoiser does
+    not. The timesteps differ by that rounding only, and it moves
     the result by more than float32 rounding would."""
     torch.manual_seed(0)
     noise = torch.randn(2, 4, 8, 8)
@@ -178,7 +235,9 @@ def test_diffusers_karras_timesteps_are_whole_steps(n):
     expected = diffusers_states(scheduler, n, noise, reference_eps)
     states = minsd_states([scheduler.sigmas.double()], noise, ours_eps)
     ours_t, theirs_t = torch.tensor(ours_eps.seen_t), torch.tensor(reference_eps.seen_t)
-    assert torch.equal(ours_t.round(), theirs_t) and (ours_t - theirs_t).abs().max() <= 0.5
+    assert (
+        torch.equal(ours_t.round(), theirs_t) and (ours_t - theirs_t).abs().max() <= 0.5
+    )
     assert (ours_t != theirs_t).any()
     max_diff = (states[-1] - expected[-1]).abs().max().item()
     print(f"karras N={n}, fractional vs whole-step t: max |diff| {max_diff:.2e}")
@@ -186,16 +245,25 @@ def test_diffusers_karras_timesteps_are_whole_steps(n):
 
 
 @pytest.mark.parametrize("n", [10, 20])
-def test_lower_order_final_and_euler_at_final_change_nothing_on_a_schedule_ending_in_0(n):
-    """With final_sigmas_type="zero", diffusers' last step is first order whatever lower_order_final and
-    euler_at_final say, and lower_order_final's other effect (at most second order at the second-to-last step) only
-    matters for order 3: for order 2 the four settings agree bit for bit, below and above its 15-step threshold, and
+def test_lower_order_final_and_euler_at_final_change_nothing_on_a_schedule_ending_in_0(
+    n,
+):
+    """With final_sigmas_type="zero", diffusers' last step is first order whatever
+    lower_order_final and euler_at_final say, and lower_order_final's other effect
+    (at most second order at the second-to-last step) only matters for order 3: for
+    order 2 the four settings agree bit for bit, below and above its 15-step
+    threshold, and
     equal minsd."""
     torch.manual_seed(0)
     noise = torch.randn(2, 4, 8, 8)
     settings = [(lower, euler) for lower in (True, False) for euler in (True, False)]
     results = [
-        diffusers_states(dpm_scheduler(lower_order_final=lower, euler_at_final=euler), n, noise, DummyEps())[-1]
+        diffusers_states(
+            dpm_scheduler(lower_order_final=lower, euler_at_final=euler),
+            n,
+            noise,
+            DummyEps(),
+        )[-1]
         for lower, euler in settings
     ]
     assert all(torch.equal(result, results[0]) for result in results[1:])
@@ -207,10 +275,13 @@ def test_lower_order_final_and_euler_at_final_change_nothing_on_a_schedule_endin
 
 @pytest.mark.parametrize("n", [10, 20])
 def test_final_sigmas_type_sigma_min(n):
-    """final_sigmas_type="sigma_min" ends the schedule at the table's sigma_min = 0.0292 instead of 0, so the last
-    step is an ordinary one and diffusers' lower_order_final (below 15 steps) or euler_at_final makes it first order.
-    minsd, given the same sigmas, keeps it second order (as diffusers does from 15 steps, or with both flags off); a
-    first-order last step is a fresh call for it: sample_dpmpp_2m(sigmas[:-1]), then sample_dpmpp_2m(sigmas[-2:])."""
+    """final_sigmas_type="sigma_min" ends the schedule at the table's sigma_min =
+    0.0292 instead of 0, so the last step is an ordinary one and diffusers'
+    lower_order_final (below 15 steps) or euler_at_final makes it first order.
+    minsd, given the same sigmas, keeps it second order (as diffusers does from 15
+    steps, or with both flags off); a
+    first-order last step is a fresh call for it: sample_dpmpp_2m(sigmas[:-1]), then
+    sample_dpmpp_2m(sigmas[-2:])."""
     torch.manual_seed(0)
     noise = torch.randn(2, 4, 8, 8)
     scheduler = dpm_scheduler(final_sigmas_type="sigma_min")
@@ -222,21 +293,36 @@ def test_final_sigmas_type_sigma_min(n):
     two_calls = minsd_states([sigmas[:-1], sigmas[-2:]], noise, DummyEps())
     bound = float32_bound(n, one_call)
     gap = (one_call[-1] - two_calls[-1]).abs().max().item()
-    assert gap > 10 * bound  # the order of the last step matters: the test below can tell the two apart
+    # the order of the last step matters: the test below can tell the two apart
+    assert gap > 10 * bound
 
     def final(**config):
-        return diffusers_states(dpm_scheduler(final_sigmas_type="sigma_min", **config), n, noise, DummyEps())[-1]
+        return diffusers_states(
+            dpm_scheduler(final_sigmas_type="sigma_min", **config), n, noise, DummyEps()
+        )[-1]
 
     second_order_last = final(lower_order_final=False)
     euler_at_final = final(lower_order_final=False, euler_at_final=True)
     default = final()  # lower_order_final=True
-    default_match = two_calls if n < 15 else one_call  # diffusers lowers the last step below 15 steps only
+    # diffusers lowers the last step below 15 steps only
+    default_match = two_calls if n < 15 else one_call
     diffs = {
-        "lower_order_final=False vs one call": (second_order_last - one_call[-1]).abs().max().item(),
-        "euler_at_final=True vs two calls": (euler_at_final - two_calls[-1]).abs().max().item(),
-        "lower_order_final=True vs the matching one": (default - default_match[-1]).abs().max().item(),
+        "lower_order_final=False vs one call": (second_order_last - one_call[-1])
+        .abs()
+        .max()
+        .item(),
+        "euler_at_final=True vs two calls": (euler_at_final - two_calls[-1])
+        .abs()
+        .max()
+        .item(),
+        "lower_order_final=True vs the matching one": (default - default_match[-1])
+        .abs()
+        .max()
+        .item(),
     }
-    print(f"sigma_min N={n}: one vs two calls {gap:.2e} (bound {bound:.2e}); diffusers vs minsd {diffs}")
+    print(
+        f"sigma_min N={n}: one vs two calls {gap:.2e} (bound {bound:.2e}); diffusers vs minsd {diffs}"
+    )
     assert all(diff <= bound for diff in diffs.values())
 
 
@@ -244,30 +330,46 @@ def test_final_sigmas_type_sigma_min(n):
 
 
 def test_first_step_is_euler_and_a_step_to_0_returns_the_denoiser():
-    """With no earlier denoised value a step is first order, DDIM, which on sigma is exactly Euler's step; a step to
+    """With no earlier denoised value a step is first order, DDIM, which on sigma is
+    exactly Euler's step; a step to
     sigma = 0 (t = inf) lands on D(x; sigma) itself."""
     denoiser = sd15_denoiser(DummyEps())
     sigmas = get_sigmas(SIGMA_TABLE, 8, "karras")
-    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * sigmas[0].float()
+    x = (
+        torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        * sigmas[0].float()
+    )
     for i in (0, 3, 6):
         step = sigmas[i : i + 2]
-        assert_close(sample_dpmpp_2m(denoiser, x, step), sample_euler(denoiser, x, step), rtol=1e-5, atol=1e-5)
+        assert_close(
+            sample_dpmpp_2m(denoiser, x, step),
+            sample_euler(denoiser, x, step),
+            rtol=1e-5,
+            atol=1e-5,
+        )
     seen = []
     result = sample_dpmpp_2m(denoiser, x, sigmas, callback=seen.append)
     assert torch.equal(result, seen[-1]["denoised"])
 
 
 def test_stateless_and_calls_back_every_step():
-    """Calling again gives the same answer, whatever ran in between; the callback sees each of the N steps once."""
+    """Calling again gives the same answer, whatever ran in between; the callback sees
+    each of the N steps once."""
     denoiser = sd15_denoiser(DummyEps())
     sigmas = get_sigmas(SIGMA_TABLE, 10)
-    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * sigmas[0].float()
+    x = (
+        torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        * sigmas[0].float()
+    )
     seen = []
     first = sample_dpmpp_2m(denoiser, x, sigmas, callback=seen.append)
     sample_dpmpp_2m(denoiser, x, get_sigmas(SIGMA_TABLE, 5, "karras"))
     assert torch.equal(sample_dpmpp_2m(denoiser, x, sigmas), first)
     assert [step["i"] for step in seen] == list(range(10))
-    assert all(set(step) == {"i", "sigma", "sigma_next", "x", "denoised"} for step in seen)
-    assert torch.equal(torch.stack([step["sigma"] for step in seen]), sigmas[:-1])  # float64, CPU
+    assert all(
+        set(step) == {"i", "sigma", "sigma_next", "x", "denoised"} for step in seen
+    )
+    # float64, CPU
+    assert torch.equal(torch.stack([step["sigma"] for step in seen]), sigmas[:-1])
     assert torch.equal(torch.stack([step["sigma_next"] for step in seen]), sigmas[1:])
     assert torch.isfinite(first).all()

@@ -1,4 +1,5 @@
-"""Loading diffusers-format folders: the same images as the reference, and clear errors for bad input."""
+"""Loading diffusers-format folders: the same images as the reference, and clear errors
+for bad input."""
 
 import json
 import shutil
@@ -22,9 +23,18 @@ def copy_folder(src, tmp_path):
 def test_loaded_unet_is_the_saved_one(tiny_folder, tiny_reference):
     """load_unet reads back the saved diffusers UNet: the same outputs."""
     unet = load_unet(tiny_folder / "unet")
-    x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([10.0, 900.0]), torch.randn(2, 77, 32)
+    x, t, context = (
+        torch.randn(2, 4, 8, 8),
+        torch.tensor([10.0, 900.0]),
+        torch.randn(2, 77, 32),
+    )
     with torch.no_grad():
-        assert_close(unet(x, t, context), tiny_reference.unet(x, t, context).sample, rtol=1e-5, atol=1e-5)
+        assert_close(
+            unet(x, t, context),
+            tiny_reference.unet(x, t, context).sample,
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_weights_from_the_environment(tiny_folder, monkeypatch):
@@ -35,46 +45,60 @@ def test_weights_from_the_environment(tiny_folder, monkeypatch):
 
 
 def test_missing_folder(tmp_path, monkeypatch):
-    """A path that is neither a folder nor downloadable is refused with a message that names it."""
+    """A path that is neither a folder nor downloadable is refused with a message that
+    names it."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(
-        FileNotFoundError, match=r"'/nonexistent/sd15' is not a local folder, and it could not be downloaded"
+        FileNotFoundError,
+        match=r"'/nonexistent/sd15' is not a local folder, and it could not be downloaded",
     ):
         load_pipeline("/nonexistent/sd15")
 
 
 def test_offline_hub_id_says_how_to_get_weights(monkeypatch):
-    """A hub id that cannot be downloaded says how to fetch it (hf download) and where to point minsd."""
+    """A hub id that cannot be downloaded says how to fetch it (hf download) and where
+    to point minsd."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError) as info:
         load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5")
     message = str(info.value)
     assert "could not be downloaded from the Hugging Face hub" in message
-    assert "hf download stable-diffusion-v1-5/stable-diffusion-v1-5" in message and WEIGHTS_ENV in message
+    assert (
+        "hf download stable-diffusion-v1-5/stable-diffusion-v1-5" in message
+        and WEIGHTS_ENV in message
+    )
 
 
 def test_file_instead_of_folder(tmp_path):
-    """An empty .safetensors file is a damaged single-file checkpoint; any other file is refused."""
+    """An empty .safetensors file is a damaged single-file checkpoint; any other file is
+    refused."""
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"")
-    with pytest.raises(ValueError, match=r"model\.safetensors is not a readable safetensors file"):
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors is not a readable safetensors file"
+    ):
         load_pipeline(path)
     notes = tmp_path / "notes.txt"
     notes.write_text("sd 1.5")
     with pytest.raises(
-        NotADirectoryError, match=r"a diffusers-format folder or a \.safetensors checkpoint, but .*notes\.txt is"
+        NotADirectoryError,
+        match=r"a diffusers-format folder or a \.safetensors checkpoint, but .*notes\.txt is",
     ):
         load_pipeline(notes)
 
 
-@pytest.mark.parametrize("missing", ["model_index.json", "vae", "scheduler/scheduler_config.json"])
+@pytest.mark.parametrize(
+    "missing", ["model_index.json", "vae", "scheduler/scheduler_config.json"]
+)
 def test_missing_parts_are_named(tiny_folder, tmp_path, missing):
-    """A folder missing a part of the diffusers layout is refused, naming what is missing."""
+    """A folder missing a part of the diffusers layout is refused, naming what is
+    missing."""
     folder = copy_folder(tiny_folder, tmp_path)
     target = folder / missing
     shutil.rmtree(target) if target.is_dir() else target.unlink()
     with pytest.raises(
-        FileNotFoundError, match=f"not a diffusers-format Stable Diffusion folder; missing: .*{missing}"
+        FileNotFoundError,
+        match=f"not a diffusers-format Stable Diffusion folder; missing: .*{missing}",
     ):
         check_layout(folder)
 
@@ -82,8 +106,13 @@ def test_missing_parts_are_named(tiny_folder, tmp_path, missing):
 def test_pickled_weights_are_never_read(tiny_folder, tmp_path):
     """Only .bin (pickled) weights present: refused, never unpickled."""
     folder = copy_folder(tiny_folder, tmp_path)
-    (folder / "unet" / "diffusion_pytorch_model.safetensors").rename(folder / "unet" / "diffusion_pytorch_model.bin")
-    with pytest.raises(FileNotFoundError, match=r"diffusion_pytorch_model.bin exist, but minsd never unpickles"):
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").rename(
+        folder / "unet" / "diffusion_pytorch_model.bin"
+    )
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"diffusion_pytorch_model.bin exist, but minsd never unpickles",
+    ):
         load_pipeline(folder)
 
 
@@ -102,12 +131,17 @@ def sd2_or_sdxl_unet(kind: str):
             cross_attention_dim=48,
             use_linear_projection=True,
         )
-    return UNet2DConditionModel(  # SDXL: 3 levels, extra time/text embeddings, deeper transformers
+    # SDXL: 3 levels, extra time/text embeddings, deeper transformers
+    return UNet2DConditionModel(
         sample_size=8,
         block_out_channels=(32, 64, 64),
         layers_per_block=2,
         norm_num_groups=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        down_block_types=(
+            "DownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+        ),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4, 4),
         cross_attention_dim=64,
@@ -126,11 +160,15 @@ def sd2_or_sdxl_unet(kind: str):
             "sd2",
             r"does not describe an SD 1.5-shaped UNet .*use_linear_projection=True .*attention_head_dim=\[2, 4, 4, 4\]",
         ),
-        ("sdxl", r"does not describe an SD 1.5-shaped UNet .*down_block_types=.*addition_embed_type='text_time'"),
+        (
+            "sdxl",
+            r"does not describe an SD 1.5-shaped UNet .*down_block_types=.*addition_embed_type='text_time'",
+        ),
     ],
 )
 def test_other_models_are_named(tiny_folder, tmp_path, kind, message):
-    """An SD 2.x or SDXL UNet is refused, naming the config fields that are not SD 1.5's."""
+    """An SD 2.x or SDXL UNet is refused, naming the config fields that are not SD
+    1.5's."""
     folder = copy_folder(tiny_folder, tmp_path)
     shutil.rmtree(folder / "unet")
     sd2_or_sdxl_unet(kind).save_pretrained(folder / "unet", safe_serialization=True)
@@ -139,15 +177,21 @@ def test_other_models_are_named(tiny_folder, tmp_path, kind, message):
 
 
 def test_weights_that_do_not_fit_the_config_name_the_keys(tiny_folder, tmp_path):
-    """An SD 2-style checkpoint (linear proj_in, 1024-wide text) behind an SD 1.5 config.json."""
+    """An SD 2-style checkpoint (linear proj_in, 1024-wide text) behind an SD 1.5
+    config.json."""
     folder = copy_folder(tiny_folder, tmp_path)
     state = diffusers_unet(TINY_UNET_CONFIGS["tiny-a"]).state_dict()
     key = "down_blocks.0.attentions.0.proj_in.weight"
     state[key] = state[key][:, :, 0, 0].contiguous()  # (C, C): a Linear, as in SD 2.x
-    state["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"] = torch.zeros(32, 48)
+    state["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"] = (
+        torch.zeros(32, 48)
+    )
     del state["conv_out.bias"]
     state["add_embedding.linear_1.weight"] = torch.zeros(4, 4)
-    save_file({k: v.contiguous() for k, v in state.items()}, folder / "unet" / "diffusion_pytorch_model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        folder / "unet" / "diffusion_pytorch_model.safetensors",
+    )
     with pytest.raises(ValueError) as info:
         load_pipeline(folder)
     message = str(info.value)
@@ -159,28 +203,42 @@ def test_weights_that_do_not_fit_the_config_name_the_keys(tiny_folder, tmp_path)
 
 
 def test_v_prediction_scheduler_is_refused(tiny_folder, tmp_path):
-    """A v-prediction scheduler config is refused: minsd's denoiser is for eps-prediction."""
+    """A v-prediction scheduler config is refused: minsd's denoiser is for
+    eps-prediction."""
     folder = copy_folder(tiny_folder, tmp_path)
     path = folder / "scheduler" / "scheduler_config.json"
     config = json.loads(path.read_text())
     config["prediction_type"] = "v_prediction"
     path.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="prediction_type='v_prediction' .*eps-prediction"):
+    with pytest.raises(
+        ValueError, match="prediction_type='v_prediction' .*eps-prediction"
+    ):
         load_pipeline(folder)
 
 
 def test_fp16_variant_files_are_preferred_for_fp16(tiny_folder, tmp_path):
-    """An fp16-variant UNet file is read when loading in fp16 (as on CUDA); the plain one otherwise."""
+    """An fp16-variant UNet file is read when loading in fp16 (as on CUDA); the plain
+    one otherwise."""
     folder = copy_folder(tiny_folder, tmp_path)
     unet_dir = folder / "unet"
     marker = load_unet(unet_dir).state_dict()
     marker["conv_out.bias"] = torch.full_like(marker["conv_out.bias"], 0.125)
     save_file(
-        {k: v.half().contiguous() for k, v in marker.items()}, unet_dir / "diffusion_pytorch_model.fp16.safetensors"
+        {k: v.half().contiguous() for k, v in marker.items()},
+        unet_dir / "diffusion_pytorch_model.fp16.safetensors",
     )
     for sub, name in (("vae", "diffusion_pytorch_model"), ("text_encoder", "model")):
-        shutil.copy(folder / sub / f"{name}.safetensors", folder / sub / f"{name}.fp16.safetensors")
+        shutil.copy(
+            folder / sub / f"{name}.safetensors",
+            folder / sub / f"{name}.fp16.safetensors",
+        )
     half = load_pipeline(folder, device="cpu", dtype=torch.float16)
-    assert half.unet.conv_out.bias.dtype == torch.float16 and (half.unet.conv_out.bias == 0.125).all()
+    assert (
+        half.unet.conv_out.bias.dtype == torch.float16
+        and (half.unet.conv_out.bias == 0.125).all()
+    )
     full = load_pipeline(folder, device="cpu")
-    assert full.unet.conv_out.bias.dtype == torch.float32 and not (full.unet.conv_out.bias == 0.125).all()
+    assert (
+        full.unet.conv_out.bias.dtype == torch.float32
+        and not (full.unet.conv_out.bias == 0.125).all()
+    )

@@ -1,16 +1,19 @@
-"""The sampling loop never reads a value of a tensor on the model's device (on a GPU, every such read waits
-for the GPU to finish: `.item()`, `if sigma_next == 0` on a CUDA tensor, ...).
+"""The sampling loop never reads a value of a tensor on the model's device (on a GPU,
+every such read waits for the GPU to finish: `.item()`, `if sigma_next == 0` on a CUDA
+tensor, ...).
 
-The meta device stands in for the GPU: its tensors have shapes but no values, so any read of one raises.
-A whole guided loop with SD 1.5's UNet, run on the meta device with the schedule on the CPU, proves the
-loop's Python decisions only ever look at CPU values. (Counting real syncs needs a GPU:
-torch.cuda.set_sync_debug_mode, see benchmarks/gpu.py.)
+The meta device stands in for the GPU: its tensors have shapes but no values, so any
+read of one raises. A whole guided loop with SD 1.5's UNet, run on the meta device with
+the schedule on the CPU, proves the loop's Python decisions only ever look at CPU
+values. (Counting real syncs needs a GPU: torch.cuda.set_sync_debug_mode, see
+benchmarks/gpu.py.)
 """
 
 import pytest
 import torch
 from conftest import ALPHAS_CUMPROD
 
+from minsd.anatomy import meta_unet
 from minsd.denoiser import Denoiser
 from minsd.pipeline import CFGDenoiser
 from minsd.scheduler import (
@@ -21,28 +24,38 @@ from minsd.scheduler import (
     sample_heun,
     sample_heun_churn,
 )
-from minsd.summary import meta_unet
 from minsd.unet import UNetConfig
 
 
 def test_a_meta_tensor_cannot_be_read():
-    """The premise: reading a meta tensor's value fails, as a sync on a GPU would cost."""
+    """The premise: reading a meta tensor's value fails, as a sync on a GPU would
+    cost."""
     with pytest.raises((RuntimeError, NotImplementedError)):
         bool(torch.empty((), device="meta") == 0)
 
 
 @pytest.mark.parametrize(
     "sampler",
-    [sample_euler, sample_heun, sample_dpmpp_2m, sample_euler_ancestral, sample_heun_churn],
+    [
+        sample_euler,
+        sample_heun,
+        sample_dpmpp_2m,
+        sample_euler_ancestral,
+        sample_heun_churn,
+    ],
     ids=lambda f: f.__name__,
 )
 def test_sampling_loop_reads_no_device_values(sampler):
-    unet, x, _, context = meta_unet(UNetConfig(), latent_size=64, n_tokens=77)  # SD 1.5, 512 px
-    denoiser = CFGDenoiser(Denoiser(unet, ALPHAS_CUMPROD), context, context, guidance=7.5)
+    # SD 1.5, 512 px
+    unet, x, _, context = meta_unet(UNetConfig(), latent_size=64, n_tokens=77)
+    denoiser = CFGDenoiser(
+        Denoiser(unet, ALPHAS_CUMPROD), context, context, guidance=7.5
+    )
     sigmas = get_sigmas(denoiser.denoiser.sigma_table, 4, "karras")  # float64, CPU
     kwargs = {}
     if sampler in (sample_euler_ancestral, sample_heun_churn):
-        kwargs["generator"] = torch.Generator("cpu").manual_seed(0)  # noise drawn on the CPU, sent over
+        # noise drawn on the CPU, sent over
+        kwargs["generator"] = torch.Generator("cpu").manual_seed(0)
     if sampler is sample_heun_churn:
         kwargs["s_churn"] = 1.0
     out = sampler(denoiser, x * sigmas[0].item(), sigmas, **kwargs)

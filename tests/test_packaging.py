@@ -14,7 +14,8 @@ def pip_section(text: str) -> list[str]:
 
 
 def test_environment_installs_the_package_with_every_extra():
-    """environment.yml installs minsd editable with every extra that pyproject.toml defines."""
+    """environment.yml installs minsd editable with every extra that pyproject.toml
+    defines."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     extras = set(pyproject["project"]["optional-dependencies"])
     entries = pip_section((ROOT / "environment.yml").read_text())
@@ -34,8 +35,12 @@ def test_environment_pins_the_same_torch_as_setup():
 def test_environment_python_is_allowed_by_pyproject():
     """environment.yml's Python satisfies pyproject.toml's requires-python."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    minimum = re.match(r">=(\d+)\.(\d+)", pyproject["project"]["requires-python"]).groups()
-    python = re.search(r"- python=(\d+)\.(\d+)", (ROOT / "environment.yml").read_text()).groups()
+    minimum = re.match(
+        r">=(\d+)\.(\d+)", pyproject["project"]["requires-python"]
+    ).groups()
+    python = re.search(
+        r"- python=(\d+)\.(\d+)", (ROOT / "environment.yml").read_text()
+    ).groups()
     assert tuple(map(int, python)) >= tuple(map(int, minimum))
 
 

@@ -1,14 +1,18 @@
-"""Single-file checkpoints: SD 1.x weights in one .safetensors file, in the original key layout.
+"""Single-file checkpoints: SD 1.x weights in one .safetensors file, in the original key
+layout.
 
 The layout is CompVis/stable-diffusion's (the `ldm` package): the UNet is `UNetModel` of
-ldm/modules/diffusionmodules/openaimodel.py under "model.diffusion_model.", the VAE is the
-`Encoder`/`Decoder` of ldm/modules/diffusionmodules/model.py under "first_stage_model.", and the text
-encoder is `FrozenCLIPEmbedder` of ldm/modules/encoders/modules.py, a transformers CLIPTextModel, under
-"cond_stage_model.transformer.". `ldm_checkpoint` below writes the tiny diffusers pipeline in that
-layout, renaming key by key as diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py
-does (generalised from SD 1.5's 4 levels and 2 layers to any); diffusers' single-file loader
-(diffusers/loaders/single_file_utils.py, convert_ldm_*_checkpoint) reads that layout back, and minsd
-must then give exactly the images of the diffusers folder the file was made from.
+ldm/modules/diffusionmodules/openaimodel.py under "model.diffusion_model.", the VAE is
+the `Encoder`/`Decoder` of ldm/modules/diffusionmodules/model.py under
+"first_stage_model.", and the text encoder is `FrozenCLIPEmbedder` of
+ldm/modules/encoders/modules.py, a transformers CLIPTextModel, under
+"cond_stage_model.transformer.". `ldm_checkpoint` below writes the tiny diffusers
+pipeline in that layout, renaming key by key as diffusers'
+scripts/convert_diffusers_to_original_stable_diffusion.py does (generalised from SD
+1.5's 4 levels and 2 layers to any); diffusers' single-file loader
+(diffusers/loaders/single_file_utils.py, convert_ldm_*_checkpoint) reads that layout
+back, and minsd must then give exactly the images of the diffusers folder the file was
+made from.
 """
 
 import pytest
@@ -16,17 +20,39 @@ import torch
 from conftest import TINY_UNET_CONFIGS
 from safetensors.torch import load_file, save_file
 
-from minsd.loading import SD15_CONFIG, SD15_MAX_TOKENS, SD15_TOKENIZER, load_pipeline, load_tokenizer, read_configs
+from minsd.loading import (
+    SD15_CONFIG,
+    SD15_MAX_TOKENS,
+    SD15_TOKENIZER,
+    load_pipeline,
+    load_tokenizer,
+    read_configs,
+)
 from minsd.unet import UNet, UNetConfig
 
-RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1"}
-RESNET |= {"norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+}
+RESNET |= {
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+VAE_ATTENTION = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+}
 
 
 def unet_prefixes(levels: int, layers: int) -> dict[str, str]:
-    """diffusers' UNet module prefixes -> openaimodel.UNetModel's. input_blocks: conv_in, then per level
-    `layers` x (ResBlock, SpatialTransformer) and a Downsample; output_blocks: per level `layers + 1` x
+    """diffusers' UNet module prefixes -> openaimodel.UNetModel's. input_blocks:
+    conv_in, then per level `layers` x (ResBlock, SpatialTransformer) and a
+    Downsample; output_blocks: per level `layers + 1` x
     (ResBlock, SpatialTransformer), the last with the Upsample."""
     prefixes = {
         "time_embedding.linear_1.": "time_embed.0.",
@@ -40,36 +66,60 @@ def unet_prefixes(levels: int, layers: int) -> dict[str, str]:
     }
     for i in range(levels):
         for j in range(layers):
-            prefixes[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{(layers + 1) * i + j + 1}.0."
-            prefixes[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{(layers + 1) * i + j + 1}.1."
-        prefixes[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{(layers + 1) * (i + 1)}.0.op."
+            prefixes[f"down_blocks.{i}.resnets.{j}."] = (
+                f"input_blocks.{(layers + 1) * i + j + 1}.0."
+            )
+            prefixes[f"down_blocks.{i}.attentions.{j}."] = (
+                f"input_blocks.{(layers + 1) * i + j + 1}.1."
+            )
+        prefixes[f"down_blocks.{i}.downsamplers.0.conv."] = (
+            f"input_blocks.{(layers + 1) * (i + 1)}.0.op."
+        )
         for j in range(layers + 1):
-            prefixes[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{(layers + 1) * i + j}.0."
-            prefixes[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{(layers + 1) * i + j}.1."
-        upsample = f"output_blocks.{(layers + 1) * i + layers}.{1 if i == 0 else 2}."  # after the attention, if any
+            prefixes[f"up_blocks.{i}.resnets.{j}."] = (
+                f"output_blocks.{(layers + 1) * i + j}.0."
+            )
+            prefixes[f"up_blocks.{i}.attentions.{j}."] = (
+                f"output_blocks.{(layers + 1) * i + j}.1."
+            )
+        # after the attention, if any
+        upsample = f"output_blocks.{(layers + 1) * i + layers}.{1 if i == 0 else 2}."
         prefixes[f"up_blocks.{i}.upsamplers.0."] = upsample
     return prefixes
 
 
 def vae_prefixes(levels: int, layers: int) -> dict[str, str]:
-    """diffusers' AutoencoderKL module prefixes -> ldm's Encoder/Decoder (whose up blocks count from the bottom)."""
-    prefixes = {"encoder.conv_norm_out.": "encoder.norm_out.", "decoder.conv_norm_out.": "decoder.norm_out."}
+    """diffusers' AutoencoderKL module prefixes -> ldm's Encoder/Decoder (whose up
+    blocks count from the bottom)."""
+    prefixes = {
+        "encoder.conv_norm_out.": "encoder.norm_out.",
+        "decoder.conv_norm_out.": "decoder.norm_out.",
+    }
     for part in ("encoder", "decoder"):
         prefixes[f"{part}.mid_block.resnets.0."] = f"{part}.mid.block_1."
         prefixes[f"{part}.mid_block.attentions.0."] = f"{part}.mid.attn_1."
         prefixes[f"{part}.mid_block.resnets.1."] = f"{part}.mid.block_2."
     for i in range(levels):
         for j in range(layers):
-            prefixes[f"encoder.down_blocks.{i}.resnets.{j}."] = f"encoder.down.{i}.block.{j}."
-        prefixes[f"encoder.down_blocks.{i}.downsamplers.0."] = f"encoder.down.{i}.downsample."
+            prefixes[f"encoder.down_blocks.{i}.resnets.{j}."] = (
+                f"encoder.down.{i}.block.{j}."
+            )
+        prefixes[f"encoder.down_blocks.{i}.downsamplers.0."] = (
+            f"encoder.down.{i}.downsample."
+        )
         for j in range(layers + 1):
-            prefixes[f"decoder.up_blocks.{i}.resnets.{j}."] = f"decoder.up.{levels - 1 - i}.block.{j}."
-        prefixes[f"decoder.up_blocks.{i}.upsamplers.0."] = f"decoder.up.{levels - 1 - i}.upsample."
+            prefixes[f"decoder.up_blocks.{i}.resnets.{j}."] = (
+                f"decoder.up.{levels - 1 - i}.block.{j}."
+            )
+        prefixes[f"decoder.up_blocks.{i}.upsamplers.0."] = (
+            f"decoder.up.{levels - 1 - i}.upsample."
+        )
     return prefixes
 
 
 def renamed(key: str, prefixes: dict[str, str]) -> str:
-    """key with its longest matching prefix replaced; keys of top-level modules keep their names."""
+    """key with its longest matching prefix replaced; keys of top-level modules keep
+    their names."""
     matches = [p for p in prefixes if key.startswith(p)]
     if not matches:
         return key
@@ -78,12 +128,16 @@ def renamed(key: str, prefixes: dict[str, str]) -> str:
 
 
 def ldm_checkpoint(pipe, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """A diffusers StableDiffusionPipeline's UNet, VAE and text encoder as one state dict in the original layout."""
+    """A diffusers StableDiffusionPipeline's UNet, VAE and text encoder as one state
+    dict in the original layout."""
     unet_config, vae_config = pipe.unet.config, pipe.vae.config
     checkpoint = {}
-    unet = unet_prefixes(len(unet_config.block_out_channels), unet_config.layers_per_block)
+    unet = unet_prefixes(
+        len(unet_config.block_out_channels), unet_config.layers_per_block
+    )
     for key, value in pipe.unet.state_dict().items():
-        if ".resnets." in key:  # openaimodel's ResBlock names its layers by position in Sequentials
+        # openaimodel's ResBlock names its layers by position in Sequentials
+        if ".resnets." in key:
             module, param = key.rsplit(".", 2)[1:]
             key = key[: -len(f"{module}.{param}")] + f"{RESNET[module]}.{param}"
         checkpoint["model.diffusion_model." + renamed(key, unet)] = value
@@ -94,11 +148,15 @@ def ldm_checkpoint(pipe, dtype: torch.dtype = torch.float32) -> dict[str, torch.
             block, leaf = key.split(".attn_1.")
             module, param = leaf.rsplit(".", 1)
             key = f"{block}.attn_1.{VAE_ATTENTION[module]}.{param}"
-            value = value[:, :, None, None] if value.ndim == 2 else value  # ldm's attention uses 1x1 convolutions
+            # ldm's attention uses 1x1 convolutions
+            value = value[:, :, None, None] if value.ndim == 2 else value
         checkpoint["first_stage_model." + key] = value
-    # ldm wraps transformers' CLIPTextModel, whose keys began with "text_model." until transformers 5.6 flattened it
+    # ldm wraps transformers' CLIPTextModel, whose keys began with "text_model."
+    # until transformers 5.6 flattened it
     for key, value in pipe.text_encoder.state_dict().items():
-        checkpoint["cond_stage_model.transformer.text_model." + key.removeprefix("text_model.")] = value
+        checkpoint[
+            "cond_stage_model.transformer.text_model." + key.removeprefix("text_model.")
+        ] = value
     return {k: v.to(dtype).contiguous() for k, v in checkpoint.items()}
 
 
@@ -110,35 +168,49 @@ def tiny_checkpoint(tmp_path_factory, tiny_reference):
 
 
 def test_the_file_is_in_the_original_layout(tiny_checkpoint):
-    """diffusers recognises the written file as an SD v1 checkpoint, by keys CompVis' code names."""
+    """diffusers recognises the written file as an SD v1 checkpoint, by keys CompVis'
+    code names."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     checkpoint = load_file(tiny_checkpoint)
     assert infer_diffusers_model_type(checkpoint) == "v1"
     keys = checkpoint.keys()
-    assert "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight" in keys
-    assert "model.diffusion_model.output_blocks.2.1.conv.weight" in keys  # the first Upsample, no attention before
-    assert "model.diffusion_model.output_blocks.5.2.conv.weight" in keys  # Upsample after a SpatialTransformer
+    assert (
+        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+        in keys
+    )
+    # the first Upsample, no attention before
+    assert "model.diffusion_model.output_blocks.2.1.conv.weight" in keys
+    # Upsample after a SpatialTransformer
+    assert "model.diffusion_model.output_blocks.5.2.conv.weight" in keys
     assert "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight" in keys
     assert "first_stage_model.encoder.mid.attn_1.q.weight" in keys
     assert "cond_stage_model.transformer.text_model.final_layer_norm.weight" in keys
 
 
 def test_single_file_gives_the_folders_images(tiny_checkpoint, tiny_folder):
-    """load_pipeline(file, config=folder) gives the same weights and the same images as the folder."""
+    """load_pipeline(file, config=folder) gives the same weights and the same images as
+    the folder."""
     from_file = load_pipeline(tiny_checkpoint, device="cpu", config=tiny_folder)
     from_folder = load_pipeline(tiny_folder, device="cpu")
     for part in ("unet", "vae", "text_encoder"):
-        ours, reference = getattr(from_file, part).state_dict(), getattr(from_folder, part).state_dict()
+        ours, reference = (
+            getattr(from_file, part).state_dict(),
+            getattr(from_folder, part).state_dict(),
+        )
         assert ours.keys() == reference.keys()
         assert all(torch.equal(ours[k], reference[k]) for k in reference), part
     kwargs = dict(height=32, width=32, steps=3, seed=1, progress=False)
-    assert torch.equal(from_file("a red circle", **kwargs).pixels, from_folder("a red circle", **kwargs).pixels)
+    assert torch.equal(
+        from_file("a red circle", **kwargs).pixels,
+        from_folder("a red circle", **kwargs).pixels,
+    )
     assert from_file.name == str(tiny_checkpoint)
 
 
 def test_an_fp16_file_loads_in_fp32(tiny_reference, tiny_folder, tmp_path):
-    """Many checkpoints are stored in fp16; on a CPU they run in fp32, with the file's values."""
+    """Many checkpoints are stored in fp16; on a CPU they run in fp32, with the file's
+    values."""
     path = tmp_path / "tiny-fp16.safetensors"
     save_file(ldm_checkpoint(tiny_reference, torch.float16), path)
     pipe = load_pipeline(path, device="cpu", config=tiny_folder)
@@ -148,7 +220,8 @@ def test_an_fp16_file_loads_in_fp32(tiny_reference, tiny_folder, tmp_path):
 
 
 def test_the_sd15_configs_are_sd15():
-    """minsd/sd15_config builds SD 1.5: minsd's UNetConfig defaults, FACTS' parameter counts, its schedule
+    """minsd/sd15_config builds SD 1.5: minsd's UNetConfig defaults, FACTS'
+    parameter counts, its schedule
     and its tokenizer (77 tokens; the known ids of a prompt)."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -163,29 +236,48 @@ def test_the_sd15_configs_are_sd15():
         text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(configs.text_encoder))
     counts = [sum(p.numel() for p in m.parameters()) for m in (unet, vae, text_encoder)]
     assert counts == [859_520_964, 83_653_863, 123_060_480]
-    assert vae.config.scaling_factor == 0.18215 and 2 ** (len(vae.config.block_out_channels) - 1) == 8
+    assert (
+        vae.config.scaling_factor == 0.18215
+        and 2 ** (len(vae.config.block_out_channels) - 1) == 8
+    )
     assert torch.equal(configs.alphas_cumprod, scaled_linear_alphas_cumprod())
-    tokenizer = load_tokenizer(SD15_TOKENIZER, configs, model_max_length=SD15_MAX_TOKENS)
+    tokenizer = load_tokenizer(
+        SD15_TOKENIZER, configs, model_max_length=SD15_MAX_TOKENS
+    )
     assert tokenizer.model_max_length == 77 and len(tokenizer) == 49408
     ids = tokenizer("a photograph of an astronaut riding a horse").input_ids
     assert ids == [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]
 
 
 def test_without_config_the_file_is_read_as_sd15(tiny_checkpoint):
-    """With no config, a single file is SD 1.5: the tiny file does not fit it, and the error says where."""
-    with pytest.raises(ValueError, match="does not fit an SD 1.5 UNet of this config") as info:
+    """With no config, a single file is SD 1.5: the tiny file does not fit it, and the
+    error says where."""
+    with pytest.raises(
+        ValueError, match="does not fit an SD 1.5 UNet of this config"
+    ) as info:
         load_pipeline(tiny_checkpoint, device="cpu")
     assert "converted from the original SD layout by diffusers" in str(info.value)
-    assert "shape of conv_in.weight: file (32, 4, 3, 3), expected (320, 4, 3, 3)" in str(info.value)
+    assert (
+        "shape of conv_in.weight: file (32, 4, 3, 3), expected (320, 4, 3, 3)"
+        in str(info.value)
+    )
 
 
 @pytest.mark.parametrize("name", ["tiny-a", "tiny-b"])
 def test_unet_prefixes_cover_every_key(name):
-    """The renaming is total: every key of a diffusers UNet gets an ldm name, and no two the same."""
+    """The renaming is total: every key of a diffusers UNet gets an ldm name, and no two
+    the same."""
     from conftest import diffusers_unet
 
     unet = diffusers_unet(TINY_UNET_CONFIGS[name])
-    prefixes = unet_prefixes(len(unet.config.block_out_channels), unet.config.layers_per_block)
+    prefixes = unet_prefixes(
+        len(unet.config.block_out_channels), unet.config.layers_per_block
+    )
     keys = [renamed(k, prefixes) for k in unet.state_dict()]
     assert len(set(keys)) == len(keys)
-    assert all(k.startswith(("time_embed.", "input_blocks.", "middle_block.", "output_blocks.", "out.")) for k in keys)
+    assert all(
+        k.startswith(
+            ("time_embed.", "input_blocks.", "middle_block.", "output_blocks.", "out.")
+        )
+        for k in keys
+    )

@@ -12,7 +12,8 @@ from minsd.toy import GaussianMixture, example_mixture, grid, loglog_slope, traj
 
 
 def test_density_integrates_to_one_on_a_grid():
-    """p(x; sigma) integrates to 1 over the plane, for the data (sigma = 0) and blurred."""
+    """p(x; sigma) integrates to 1 over the plane, for the data (sigma = 0) and
+    blurred."""
     coords, points = grid(lim=12.0, n=401)
     cell = (coords[1] - coords[0]) ** 2
     for sigma in (0.0, 0.5, 2.0):
@@ -21,7 +22,8 @@ def test_density_integrates_to_one_on_a_grid():
 
 
 def test_grid_is_row_major_in_y():
-    """grid's points run x fastest, so f(points).reshape(n, n) is an image with rows along y."""
+    """grid's points run x fastest, so f(points).reshape(n, n) is an image with rows
+    along y."""
     coords, points = grid(lim=1.0, n=3)
     assert coords.tolist() == [-1.0, 0.0, 1.0]
     assert points.shape == (9, 2)
@@ -30,25 +32,39 @@ def test_grid_is_row_major_in_y():
 
 
 def test_score_is_the_gradient_of_the_log_density():
-    """Karras et al. 2022, eq. (3): grad log p(x; sigma) = (D(x; sigma) - x) / sigma^2."""
+    """Karras et al. 2022, eq. (3): grad log p(x; sigma) = (D(x; sigma) - x) /
+    sigma^2."""
     mixture = example_mixture()
-    x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    x = (
+        torch.randn(
+            64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+        )
+        * 3
+    )
     for sigma in (0.1, 1.0, 5.0):
         x_req = x.clone().requires_grad_(True)
-        (autograd_score,) = torch.autograd.grad(mixture.log_density(x_req, sigma).sum(), x_req)
+        (autograd_score,) = torch.autograd.grad(
+            mixture.log_density(x_req, sigma).sum(), x_req
+        )
         assert_close(mixture.score(x, sigma), autograd_score)
 
 
 def test_one_blob_denoiser_is_the_gaussian_posterior_mean():
-    """For one Gaussian N(mu, s^2 I), D(x; sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu)."""
+    """For one Gaussian N(mu, s^2 I), D(x; sigma) = mu + s^2 / (s^2 + sigma^2) (x -
+    mu)."""
     blob = GaussianMixture(means=[[1.0, -2.0]], stds=[0.5])
     x, sigma = torch.tensor([[3.0, 0.0]], dtype=torch.float64), 1.5
     shrink = 0.5**2 / (0.5**2 + sigma**2)
-    assert_close(blob(x, sigma), torch.tensor([[1.0, -2.0]], dtype=torch.float64) + shrink * torch.tensor([[2.0, 2.0]]))
+    assert_close(
+        blob(x, sigma),
+        torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+        + shrink * torch.tensor([[2.0, 2.0]]),
+    )
 
 
 def test_trajectory_keeps_every_step_and_ends_at_the_result():
-    """trajectory is the sampler's x at every sigma, ending at what the sampler returns."""
+    """trajectory is the sampler's x at every sigma, ending at what the sampler
+    returns."""
     mixture = example_mixture()
     x = 10 * torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
     sigmas = torch.tensor([10.0, 3.0, 1.0, 0.0])
@@ -72,22 +88,29 @@ def test_loglog_slope_of_a_power_law():
 
 @pytest.mark.parametrize(("sampler", "order"), [(sample_euler, 1), (sample_heun, 2)])
 def test_sampler_order_on_one_blob_against_the_exact_flow(sampler, order):
-    """One Gaussian blob N(mu, s^2 I): dx/dsigma = sigma (x - mu) / (s^2 + sigma^2), solved exactly by
+    """One Gaussian blob N(mu, s^2 I): dx/dsigma = sigma (x - mu) / (s^2 + sigma^2),
+    solved exactly by
     x(sigma) - mu = (x(sigma_max) - mu) sqrt((s^2 + sigma^2) / (s^2 + sigma_max^2))."""
     mu, s, sigma_max = torch.tensor([1.0, -0.5], dtype=torch.float64), 0.4, 10.0
     blob = GaussianMixture(means=[mu.tolist()], stds=[s])
-    x = sigma_max * torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = sigma_max * torch.randn(
+        32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     exact = mu + (x - mu) * math.sqrt(s**2 / (s**2 + sigma_max**2))
     steps = [8, 16, 32, 64]
     errors = []
     for n in steps:
-        sigmas = karras_sigmas(n + 1, 0.0, sigma_max)  # n steps, the last down to exactly 0
-        errors.append((sampler(blob, x, sigmas).double() - exact).norm(dim=1).mean().item())
+        # n steps, the last down to exactly 0
+        sigmas = karras_sigmas(n + 1, 0.0, sigma_max)
+        errors.append(
+            (sampler(blob, x, sigmas).double() - exact).norm(dim=1).mean().item()
+        )
     assert loglog_slope(steps, errors) == pytest.approx(-order, abs=0.25)
 
 
 def test_posterior_weights_are_bayes_rule():
-    """w_k(x) = pi_k N(x; mu_k, (s_k^2 + sigma^2) I) / p(x; sigma), the normal density from torch.distributions."""
+    """w_k(x) = pi_k N(x; mu_k, (s_k^2 + sigma^2) I) / p(x; sigma), the normal density
+    from torch.distributions."""
     mixture = example_mixture()
     x = torch.tensor([[0.3, -0.2], [-2.0, -1.0]], dtype=torch.float64)
     sigma = 0.7
@@ -95,16 +118,24 @@ def test_posterior_weights_are_bayes_rule():
         MultivariateNormal(mu, (s**2 + sigma**2) * torch.eye(2, dtype=torch.float64))
         for mu, s in zip(mixture.means, mixture.stds, strict=True)
     ]
-    joint = mixture.weights * torch.stack([p.log_prob(x).exp() for p in blurred], dim=1)  # (N, K)
-    assert_close(mixture.posterior_weights(x, sigma), joint / joint.sum(1, keepdim=True))
+    # (N, K)
+    joint = mixture.weights * torch.stack([p.log_prob(x).exp() for p in blurred], dim=1)
+    assert_close(
+        mixture.posterior_weights(x, sigma), joint / joint.sum(1, keepdim=True)
+    )
 
 
 def test_sample_with_components_matches_sample_and_weights():
-    """Samples come from each component as often as its weight says, spread by its std."""
+    """Samples come from each component as often as its weight says, spread by its
+    std."""
     mixture = example_mixture()
-    y, k = mixture.sample_with_components(20_000, generator=torch.Generator().manual_seed(0))
+    y, k = mixture.sample_with_components(
+        20_000, generator=torch.Generator().manual_seed(0)
+    )
     assert_close(y, mixture.sample(20_000, generator=torch.Generator().manual_seed(0)))
     for j in range(3):
-        assert (k == j).float().mean().item() == pytest.approx(mixture.weights[j].item(), abs=0.015)
+        assert (k == j).float().mean().item() == pytest.approx(
+            mixture.weights[j].item(), abs=0.015
+        )
         spread = ((y[k == j] - mixture.means[j]) ** 2).mean().sqrt()
         assert spread.item() == pytest.approx(mixture.stds[j].item(), rel=0.05)

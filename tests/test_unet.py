@@ -9,7 +9,8 @@ from minsd.unet import UNet, UNetConfig, timestep_embedding
 
 
 def minsd_copy(reference) -> UNet:
-    """minsd's UNet of the reference's sizes, loaded strictly from the reference's state dict."""
+    """minsd's UNet of the reference's sizes, loaded strictly from the reference's state
+    dict."""
     cfg = UNetConfig(
         sample_size=reference.config.sample_size,
         block_out_channels=tuple(reference.config.block_out_channels),
@@ -19,15 +20,18 @@ def minsd_copy(reference) -> UNet:
         norm_num_groups=reference.config.norm_num_groups,
     )
     unet = UNet(cfg).eval()
-    assert set(unet.state_dict()) == set(reference.state_dict())  # no renaming, nothing extra or missing
+    # no renaming, nothing extra or missing
+    assert set(unet.state_dict()) == set(reference.state_dict())
     unet.load_state_dict(reference.state_dict(), strict=True)
     return unet
 
 
 @pytest.mark.parametrize("name", sorted(TINY_UNET_CONFIGS))
-@pytest.mark.parametrize("size", [(16, 16), (8, 24), (17, 13)])  # odd sizes: the up path must match the skips
+# odd sizes: the up path must match the skips
+@pytest.mark.parametrize("size", [(16, 16), (8, 24), (17, 13)])
 def test_tiny_unet_matches_diffusers(name, size):
-    """Same weights, same output as diffusers' UNet2DConditionModel, at odd latent sizes and fractional t."""
+    """Same weights, same output as diffusers' UNet2DConditionModel, at odd latent sizes
+    and fractional t."""
     reference = diffusers_unet(TINY_UNET_CONFIGS[name])
     unet = minsd_copy(reference)
     cfg = unet.config
@@ -40,7 +44,8 @@ def test_tiny_unet_matches_diffusers(name, size):
         actual = unet(x, t, context)
         other_t = unet(x, t.flip(0), context)
     assert_close(actual, expected, rtol=1e-5, atol=1e-5)
-    assert (other_t - expected).abs().max() > 1e-2  # the comparison can tell timesteps apart
+    # the comparison can tell timesteps apart
+    assert (other_t - expected).abs().max() > 1e-2
 
 
 def test_scalar_timestep_is_broadcast():
@@ -50,28 +55,35 @@ def test_scalar_timestep_is_broadcast():
     x, context = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 24)
     with torch.no_grad():
         expected = reference(x, torch.tensor([321.0, 321.0]), context).sample
-        assert_close(unet(x, torch.tensor(321.0), context), expected, rtol=1e-5, atol=1e-5)
+        assert_close(
+            unet(x, torch.tensor(321.0), context), expected, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_timestep_embedding_is_diffusers():
-    """The sinusoidal embedding is diffusers' get_timestep_embedding with SD 1.5's flip_sin_to_cos, shift 0."""
+    """The sinusoidal embedding is diffusers' get_timestep_embedding with SD 1.5's
+    flip_sin_to_cos, shift 0."""
     from diffusers.models.embeddings import get_timestep_embedding
 
     t = torch.tensor([0.0, 1.5, 999.0])
-    expected = get_timestep_embedding(t, 320, flip_sin_to_cos=True, downscale_freq_shift=0)
+    expected = get_timestep_embedding(
+        t, 320, flip_sin_to_cos=True, downscale_freq_shift=0
+    )
     assert_close(timestep_embedding(t, 320), expected)
 
 
 @pytest.mark.slow
 def test_full_sd15_unet_matches_diffusers():
-    """The full SD 1.5 UNet (859,520,964 parameters, random weights) equals diffusers' on a 16x16 latent."""
+    """The full SD 1.5 UNet (859,520,964 parameters, random weights) equals diffusers'
+    on a 16x16 latent."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
     reference = UNet2DConditionModel(  # diffusers' defaults are SD 1.5's UNet
         cross_attention_dim=768, attention_head_dim=8, sample_size=64
     ).eval()
-    assert sum(p.numel() for p in reference.parameters()) == 859_520_964  # SD 1.5's published count
+    # SD 1.5's published count
+    assert sum(p.numel() for p in reference.parameters()) == 859_520_964
     unet = UNet().eval()  # minsd's defaults
     assert sum(p.numel() for p in unet.parameters()) == 859_520_964
     unet.load_state_dict(reference.state_dict(), strict=True)

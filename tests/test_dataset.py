@@ -1,8 +1,9 @@
-"""The shapes dataset's classifier reads back every rendered caption, and sees nothing in a blank image."""
+"""The shapes dataset's classifier reads back every rendered caption, and sees nothing
+in a blank image."""
 
 import numpy as np
 
-from minsd.shapes import (
+from minsd.dataset import (
     BACKGROUNDS,
     COLOURS,
     SHAPES,
@@ -17,20 +18,27 @@ from minsd.shapes import (
 
 
 def test_all_captions_are_every_combination_the_dataset_draws():
-    """all_captions is each shape x colour x background once: every caption make_dataset draws."""
+    """all_captions is each shape x colour x background once: every caption make_dataset
+    draws."""
     captions = all_captions()
-    assert len(captions) == len(set(captions)) == len(SHAPES) * len(COLOURS) * len(BACKGROUNDS)
+    assert (
+        len(captions)
+        == len(set(captions))
+        == len(SHAPES) * len(COLOURS) * len(BACKGROUNDS)
+    )
     _, scenes = make_dataset(300, seed=2024)
     assert {s.caption for s in scenes} == set(captions)
 
 
 def test_classifier_is_right_on_every_rendered_image():
-    """The classifier reads back the background, colour and shape of every rendered caption."""
+    """The classifier reads back the background, colour and shape of every rendered
+    caption."""
     images, scenes = make_dataset(300, seed=2024)
     wrong = [
         (s.caption, found)
         for image, s in zip(images, scenes)
-        if (found := classify(image)) != {"background": s.background, "colour": s.colour, "shape": s.shape}
+        if (found := classify(image))
+        != {"background": s.background, "colour": s.colour, "shape": s.shape}
     ]
     assert not wrong, wrong[:5]
 
@@ -43,8 +51,12 @@ def test_blank_image_has_no_shape():
 
 
 def test_colour_counts():
-    """colour_counts tallies the classified colours ("none" for no shape); describe_colours says it, most first."""
-    scenes = [Scene("circle", "red", "black", 16, 16, 14), Scene("square", "blue", "white", 12, 20, 10)] * 2
+    """colour_counts tallies the classified colours ("none" for no shape);
+    describe_colours says it, most first."""
+    scenes = [
+        Scene("circle", "red", "black", 16, 16, 14),
+        Scene("square", "blue", "white", 12, 20, 10),
+    ] * 2
     images = [render(s) for s in scenes] + [np.full((32, 32, 3), 20, dtype=np.uint8)]
     assert colour_counts(images) == {"red": 2, "blue": 2, "none": 1}
     assert describe_colours(images[1:]) == "blue 2, red 1, none 1"

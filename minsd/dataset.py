@@ -1,10 +1,12 @@
-"""A procedural captioned dataset: coloured shapes on plain backgrounds, made from a seed.
+"""A procedural captioned dataset: coloured shapes on plain backgrounds, made from a
+seed.
 
-"a red circle on a black background": a caption names a shape, its colour and the background.
-The images are small (32 x 32 by default), anti-aliased by 4x supersampling, and exactly
-reproducible: the same seed gives the same images on every machine. The default model that
-minsd ships was trained on them (see `minsd/train.py`). `classify` reads the caption back from an
-image, to measure how well a model's samples follow their prompts.
+"a red circle on a black background": a caption names a shape, its colour and the
+background. The images are small (32 x 32 by default), anti-aliased by 4x supersampling,
+and exactly reproducible: the same seed gives the same images on every machine. The
+default model that minsd ships was trained on them (see `minsd/train.py`). `classify`
+reads the caption back from an image, to measure how well a model's samples follow their
+prompts.
 """
 
 from collections import Counter
@@ -60,10 +62,14 @@ def coverage(scene: Scene, image_size: int, supersample: int = 4) -> np.ndarray:
         inside = dx**2 + dy**2 <= half**2
     elif scene.shape == "square":
         inside = (np.abs(dx) <= half) & (np.abs(dy) <= half)
-    else:  # an upright isosceles triangle: apex at the top, base at the bottom, as tall as wide
+    # an upright isosceles triangle: apex at the top, base at the bottom, as tall
+    # as wide
+    else:
         t = (dy + half) / scene.size  # 0 at the apex, 1 at the base
         inside = (t >= 0) & (t <= 1) & (np.abs(dx) <= half * t)
-    return inside.reshape(image_size, supersample, image_size, supersample).mean(axis=(1, 3))
+    return inside.reshape(image_size, supersample, image_size, supersample).mean(
+        axis=(1, 3)
+    )
 
 
 def render(scene: Scene, image_size: int = 32) -> np.ndarray:
@@ -74,7 +80,9 @@ def render(scene: Scene, image_size: int = 32) -> np.ndarray:
     return np.round(alpha * foreground + (1 - alpha) * background).astype(np.uint8)
 
 
-def make_dataset(n: int, seed: int, image_size: int = 32) -> tuple[np.ndarray, list[Scene]]:
+def make_dataset(
+    n: int, seed: int, image_size: int = 32
+) -> tuple[np.ndarray, list[Scene]]:
     """n random scenes and their images, (n, H, W, 3) uint8. Same seed, same data."""
     rng = np.random.default_rng(seed)
     scenes = [random_scene(rng, image_size) for _ in range(n)]
@@ -82,7 +90,8 @@ def make_dataset(n: int, seed: int, image_size: int = 32) -> tuple[np.ndarray, l
 
 
 def all_captions() -> list[str]:
-    """Every caption the dataset can produce: 3 shapes x 4 colours x 2 backgrounds = 24."""
+    """Every caption the dataset can produce: 3 shapes x 4 colours x 2 backgrounds =
+    24."""
     return [
         f"a {colour} {shape} on a {background} background"
         for shape in SHAPES
@@ -91,38 +100,44 @@ def all_captions() -> list[str]:
     ]
 
 
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Reading an image back: background, colour and shape
 
 
 def nearest(colour: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
     """The name of the palette colour nearest to `colour` (RGB, Euclidean distance)."""
     names = list(palette)
-    distances = [np.linalg.norm(colour - np.array(palette[n], dtype=np.float64)) for n in names]
+    distances = [
+        np.linalg.norm(colour - np.array(palette[n], dtype=np.float64)) for n in names
+    ]
     return names[int(np.argmin(distances))]
 
 
 def border_colour(image) -> np.ndarray:
-    """The median colour of an (H, W, 3) image's border pixels: its background. (3,) float64."""
+    """The median colour of an (H, W, 3) image's border pixels: its background. (3,)
+    float64."""
     pixels = np.asarray(image, dtype=np.float64)  # (H, W, 3)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])  # (4 (H + W), 3)
+    # (4 (H + W), 3)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     return np.median(border, axis=0)
 
 
 def foreground_mask(image) -> np.ndarray:
-    """(H, W) bool: the pixels of an (H, W, 3) uint8 image far (> 60 in RGB) from its border's colour."""
+    """(H, W) bool: the pixels of an (H, W, 3) uint8 image far (> 60 in RGB) from its
+    border's colour."""
     pixels = np.asarray(image, dtype=np.float64)  # (H, W, 3)
     return np.linalg.norm(pixels - border_colour(pixels), axis=-1) > 60
 
 
 def classify(image) -> dict[str, str | None]:
-    """(H, W, 3) uint8 image (array or PIL) -> {"background", "colour", "shape"}; colour and shape
-    are None if nothing stands out from the background.
+    """(H, W, 3) uint8 image (array or PIL) -> {"background", "colour", "shape"};
+    colour and shape are None if nothing stands out from the background.
 
     background: the median of the border pixels, named by the nearest background colour.
-    foreground: the pixels far from that median; colour: the palette colour nearest their median.
-    shape: from the fill ratio of the foreground's bounding box (square ~1, circle ~pi/4,
-    triangle ~1/2) and its width profile (a triangle widens downwards).
+    foreground: the pixels far from that median; colour: the palette colour nearest
+    their median. shape: from the fill ratio of the foreground's bounding box
+    (square ~1, circle ~pi/4, triangle ~1/2) and its width profile (a triangle
+    widens downwards).
     """
     pixels = np.asarray(image, dtype=np.float64)  # (H, W, 3)
     background = nearest(border_colour(pixels), BACKGROUNDS)
@@ -131,11 +146,13 @@ def classify(image) -> dict[str, str | None]:
         return {"background": background, "colour": None, "shape": None}
     colour = nearest(np.median(pixels[mask], axis=0), COLOURS)
     rows, cols = np.nonzero(mask)
-    box = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]  # the bounding box
+    # the bounding box
+    box = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     fill = box.mean()
     widths = box.sum(axis=1)  # the foreground's width in each row, top to bottom
     third = max(1, len(widths) // 3)
-    widening = widths[-third:].mean() / max(widths[:third].mean(), 1)  # bottom width / top width
+    # bottom width / top width
+    widening = widths[-third:].mean() / max(widths[:third].mean(), 1)
     if fill > 0.9:
         shape = "square"
     elif fill < 0.65 or widening > 2.0:
@@ -146,7 +163,8 @@ def classify(image) -> dict[str, str | None]:
 
 
 def colour_counts(images: Iterable) -> Counter[str]:
-    """How many of `images` show each colour, by `classify` ("none" where no shape stands out)."""
+    """How many of `images` show each colour, by `classify` ("none" where no shape
+    stands out)."""
     return Counter(classify(image)["colour"] or "none" for image in images)
 
 
