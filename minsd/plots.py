@@ -6,6 +6,8 @@ slider with play buttons, as HTML and JavaScript) that works on a static page, w
 kernel runs.
 """
 
+import json
+import re
 from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
@@ -72,14 +74,24 @@ def latent_previews(
 
 
 def player(
-    fig, update: Callable[[int], None], n_frames: int, interval_ms: int = 400
+    fig,
+    update: Callable[[int], None],
+    n_frames: int,
+    labels: Sequence[str] | None = None,
+    start: int = 0,
+    interval_ms: int = 400,
 ) -> str:
     """A scrubbable player: update(i) redraws `fig` for frame i; returns HTML for
     IPython.display.HTML.
 
     Every frame is drawn now and embedded as an image, so the slider works without a
-    kernel.
+    kernel. labels[i], if given, is shown beside the slider while frame i is on (say
+    "sigma = 2.1" or "N = 8"); the player opens on frame `start`.
     """
+    if labels is not None and len(labels) != n_frames:
+        raise ValueError(f"got {len(labels)} labels for {n_frames} frames")
+    if not 0 <= start < n_frames:
+        raise ValueError(f"start={start} is not a frame of 0..{n_frames - 1}")
 
     def draw(i: int) -> list:
         update(i)
@@ -90,4 +102,28 @@ def player(
     )
     html = anim.to_jshtml(default_mode="once")
     plt.close(fig)
-    return html
+    slider = re.search(r'<input id="_anim_slider(\w+)"[^>]*>', html)
+    label_id = f"_anim_label{slider.group(1)}"
+    html = html.replace(
+        slider.group(0),
+        f'{slider.group(0)}<div class="minsd-frame-label" id="{label_id}"></div>',
+    )
+    # Matplotlib creates its `anim<id>` object in a timeout; once it exists, every
+    # frame change also writes the frame's label, and the player opens on `start`.
+    script = f"""<script>
+(function() {{
+  var labels = {json.dumps(list(labels or [""] * n_frames))};
+  function hook() {{
+    var anim = window["anim{slider.group(1)}"];
+    if (!anim) {{ setTimeout(hook, 10); return; }}
+    var setFrame = anim.set_frame.bind(anim);
+    anim.set_frame = function(frame) {{
+      setFrame(frame);
+      document.getElementById("{label_id}").textContent = labels[frame];
+    }};
+    anim.set_frame({start});
+  }}
+  setTimeout(hook, 0);
+}})();
+</script>"""
+    return html + script
