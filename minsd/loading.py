@@ -32,8 +32,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from .checks import is_integer, resolve_device, resolve_dtype
 from .denoiser import scaled_linear_alphas_cumprod
-from .pipeline import StableDiffusion, is_integer, resolve_device, resolve_dtype
+from .pipeline import StableDiffusion
 from .unet import UNet, UNetConfig
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .checks import check_num_steps
+from .checks import check_num_steps, is_integer, resolve_device, resolve_dtype
 from .choices import SAMPLERS, SPACINGS
 from .denoiser import Denoiser
 from .scheduler import (
@@ -94,69 +94,6 @@ def recommended_num_threads(unet: nn.Module) -> int:
     """
     n_parameters = sum(p.numel() for p in unet.parameters())
     return 1 if n_parameters < SMALL_UNET_PARAMETERS else torch.get_num_threads()
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """fp16 on CUDA; fp32 elsewhere (fp16 on a CPU fails or crawls, bf16 is 15-200x
-    slower here)."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
-
-
-def resolve_device(device: torch.device | str | None) -> torch.device:
-    """The device to run on: None for the default, else one that exists here (refused by
-    name if not)."""
-    if device is None:
-        return default_device()
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(
-            f"device must be None, a string such as 'cuda' or 'cpu', or a torch.device, got {device!r}"
-        )
-    try:
-        device = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(
-            f"{device!r} is not a device; expected 'cpu', 'cuda', 'cuda:N' or 'mps'"
-        ) from err
-    if device.type == "cuda":
-        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n_gpus == 0:
-            build = (
-                "a CPU-only build of torch"
-                if torch.version.cuda is None
-                else "no GPU visible"
-            )
-            raise ValueError(
-                f"device {str(device)!r} is not available ({build}); use device='cpu'"
-            )
-        if device.index is not None and device.index >= n_gpus:
-            raise ValueError(
-                f"device {str(device)!r} is not available: this machine has {n_gpus} GPU(s)"
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(
-            f"device {str(device)!r} is not available on this machine; use device='cpu'"
-        )
-    elif device.type not in ("cpu", "mps"):
-        raise ValueError(
-            f"device {str(device)!r}: minsd runs on 'cpu', 'cuda' or 'mps'"
-        )
-    return device
-
-
-def resolve_dtype(dtype: torch.dtype | None, device: torch.device) -> torch.dtype:
-    """The network's dtype: None for the device's default, else a floating-point
-    torch.dtype."""
-    if dtype is None:
-        return default_dtype(device)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(
-            f"dtype must be None or a floating-point torch.dtype such as torch.float16 or torch.float32, got {dtype!r}"
-        )
-    return dtype
 
 
 class CFGDenoiser(nn.Module):
@@ -614,11 +551,6 @@ def check_strength(strength: float, steps: int) -> None:
             f"strength {strength} of {steps} steps runs int({steps} * {strength}) = 0 steps; "
             f"use at least {math.ceil(1 / strength)} steps or a larger strength"
         )
-
-
-def is_integer(value: object) -> bool:
-    """int or numpy integer, but not bool (True is an int in Python, never a count)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:

@@ -2,6 +2,13 @@
 stand-in eps-model,
 tiny SD 1.5-shaped components (random weights) and a saved diffusers folder of them."""
 
+import functools
+import http.server
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import (
@@ -21,6 +28,8 @@ from minsd.denoiser import (
 from minsd.loading import diffusers_unet_config
 from minsd.tokenizer import build_clip_tokenizer
 from minsd.unet import UNetConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # -- SD 1.5's noise schedule, and diffusers' schedulers on it ---------------------------------
 
@@ -208,3 +217,36 @@ def tiny_folder(tmp_path_factory, tiny_reference):
     folder = tmp_path_factory.mktemp("tiny-sd")
     tiny_reference.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+# -- The book, built once for the browser tests ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory) -> Path:
+    """The book built strictly (every notebook executed, no warning allowed): its
+    _build/html folder."""
+    out = tmp_path_factory.mktemp("book")
+    command = [
+        str(Path(sys.executable).parent / "jupyter-book"),
+        *("build", str(ROOT), "--path-output", str(out), "--all", "-W", "-n"),
+        "--keep-going",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return out / "_build" / "html"
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="session")
+def book_server(built_book):
+    """The built book served over http on 127.0.0.1: its base URL."""
+    handler = functools.partial(QuietHandler, directory=str(built_book))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()

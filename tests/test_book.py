@@ -11,13 +11,8 @@ chapter's exercises have worked solutions, collapsed until clicked. Screenshots 
 page are kept in tests/output/book/ (not in git).
 """
 
-import functools
-import http.server
 import re
 import shutil
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -34,39 +29,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-@pytest.fixture(scope="module")
-def book(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("book")
-    command = [
-        str(Path(sys.executable).parent / "jupyter-book"),
-        "build",
-        str(ROOT),
-        "--path-output",
-        str(out),
-        "--all",
-        "-W",
-        "-n",
-        "--keep-going",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    return out / "_build" / "html"
-
-
-@pytest.fixture(scope="module")
-def server(book):
-    handler = functools.partial(QuietHandler, directory=str(book))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 # What a reader would see as broken, measured in the page; returns one line per problem.
@@ -139,7 +101,7 @@ def pages(book: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_book_in_a_browser(book, server):
+def test_book_in_a_browser(built_book, book_server):
     if CHROMIUM is None:
         pytest.fail(
             "no Chromium: install it (apt-get install chromium), as .ci/setup does"
@@ -154,7 +116,7 @@ def test_book_in_a_browser(book, server):
         failed = []
         page.on(
             "requestfailed",
-            lambda r: failed.append(r.url) if r.url.startswith(server) else None,
+            lambda r: failed.append(r.url) if r.url.startswith(book_server) else None,
         )
         page.on(
             "response",
@@ -166,13 +128,13 @@ def test_book_in_a_browser(book, server):
             "**/*",
             lambda route: (
                 route.continue_()
-                if route.request.url.startswith(server)
+                if route.request.url.startswith(book_server)
                 else route.abort()
             ),
         )
-        for name in pages(book):
+        for name in pages(built_book):
             failed.clear()
-            page.goto(f"{server}/{name}", wait_until="load")
+            page.goto(f"{book_server}/{name}", wait_until="load")
             page.wait_for_timeout(500)
             if failed:
                 problems.append(f"{name}: failed to load {failed}")
@@ -223,5 +185,5 @@ def test_book_in_a_browser(book, server):
     assert not problems, "\n".join(problems)
     assert players_seen >= 6  # the sliders of chapters 1-8, drawn in advance
     assert solutions_seen >= 3 * len(
-        [p for p in pages(book) if p.startswith("notebooks/")]
+        [p for p in pages(built_book) if p.startswith("notebooks/")]
     )
