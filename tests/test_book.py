@@ -2,13 +2,17 @@
 headless Chromium.
 
 The one place where the chapters are executed. Asserts that the build succeeds with no
-warnings, and that every page reads clean in a 1280 px wide window: no local resource
-fails to load, every figure is drawn, each player's "next frame" button changes its
-frame, no Markdown table is shown as raw pipe text, no display equation or code cell is
-wider than the text column, no output shows a traceback, an error or a warning, no link
-text shows raw LaTeX, the sidebar numbers the chapters as their files do, and every
-chapter's exercises have worked solutions, collapsed until clicked. Screenshots of every
-page are kept in tests/output/book/ (not in git).
+warnings, and that every page reads clean in a 1280 px wide window, as a reader sees it
+(solutions collapsed): every chapter at most 14,000 px tall (one sitting); nothing wider
+than the text column (listings, code cells, outputs, tables, display equations, figures);
+no unrendered markup outside code ({eq}, {doc}, $\\..., LaTeX commands); no MathJax
+error; no output line ending in ": False" (a claim the page makes should be asserted, not
+printed); no local resource fails to load, every figure is drawn, each player's "next
+frame" button changes its frame, no Markdown table is shown as raw pipe text, no output
+shows a traceback, an error or a warning, no link text shows raw LaTeX, the sidebar
+numbers the chapters as their files do, and every chapter's exercises have worked
+solutions, collapsed until clicked. Screenshots of every page are kept in
+tests/output/book/ (not in git).
 """
 
 import re
@@ -20,6 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "tests" / "output" / "book"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+MAX_CHAPTER_HEIGHT = 14_000  # px at 1280 px wide: one sitting
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -39,14 +44,35 @@ READING_PROBLEMS = r"""() => {
   for (const p of main.querySelectorAll("p")) {  // a Markdown table rendered as text: | --- |
     if (/\|\s*:?-{3,}/.test(p.textContent)) problems.push(`raw Markdown table: ${clip(p.textContent)}`);
   }
-  for (const math of main.querySelectorAll('mjx-container[display="true"]')) {  // scrolls when too wide
-    if (math.scrollWidth > math.clientWidth + 1) {
-      problems.push(`equation ${math.scrollWidth} px wide in ${math.clientWidth} px: `
-        + clip(math.getAttribute("aria-label") || math.textContent));
+  // Anything wider than the text column: it scrolls sideways, or sticks out of the column.
+  const column = (main.querySelector("article") || main).getBoundingClientRect();
+  const boxes = "pre, table, div.cell_output, div.highlight, img, div.animation, "
+    + "mjx-container[display='true']";
+  for (const box of main.querySelectorAll(boxes)) {
+    const right = box.getBoundingClientRect().right;
+    const scrolls = box.scrollWidth > box.clientWidth + 1;
+    if (scrolls || right > column.right + 1) {
+      const excess = Math.max(box.scrollWidth - box.clientWidth, Math.round(right - column.right));
+      problems.push(`${box.tagName.toLowerCase()} wider than the column by ${excess} px: `
+        + clip(box.textContent || box.getAttribute("src") || ""));
     }
   }
-  for (const pre of main.querySelectorAll("div.cell_input pre")) {
-    if (pre.scrollWidth > pre.clientWidth + 1) problems.push(`code cell too wide: ${clip(pre.textContent)}`);
+  // Markup a reader should never see: roles, raw TeX, outside code and rendered maths.
+  const text = document.createTreeWalker(main, NodeFilter.SHOW_TEXT);
+  while (text.nextNode()) {
+    const node = text.currentNode;
+    if (node.parentElement.closest("pre, code, mjx-container, script, style, .MathJax")) continue;
+    const raw = node.textContent.match(/\{(eq|doc|ref|numref|cite|cite:t|cite:p|math|glue:text)\}|\$\\|\\(mathbf|mathrm|mathcal|boldsymbol|sigma|frac|sqrt|left|right|qquad|text|alpha|epsilon)\b/);
+    if (raw) problems.push(`unrendered markup "${raw[0]}": ${clip(node.textContent)}`);
+  }
+  for (const error of main.querySelectorAll("mjx-merror")) {
+    problems.push(`MathJax error: ${clip(error.getAttribute("data-mjx-error") || error.textContent)}`);
+  }
+  // A printed "...: False" is a claim the page checks and does not hold.
+  for (const output of main.querySelectorAll("div.cell_output pre")) {
+    for (const line of output.textContent.split("\n")) {
+      if (/:\s*False\s*$/.test(line)) problems.push(`an output line ends in ": False": ${clip(line)}`);
+    }
   }
   for (const output of main.querySelectorAll("div.cell_output")) {
     const found = output.textContent.match(/Traceback|KeyboardInterrupt|\b\w*(Error|Warning)\b|\{glue/);
@@ -163,17 +189,27 @@ def test_book_in_a_browser(built_book, book_server):
                 f"{name}: {problem}" for problem in page.evaluate(READING_PROBLEMS)
             ]
             problems += [f"{name}: {problem}" for problem in sidebar_problems(page)]
-            # Players (matplotlib's to_jshtml): 'next frame' must change the frame.
+            height = page.evaluate("document.documentElement.scrollHeight")
+            if name.startswith("notebooks/") and height > MAX_CHAPTER_HEIGHT:
+                problems.append(
+                    f"{name}: {height} px tall (at most {MAX_CHAPTER_HEIGHT})"
+                )
+            # Players (minsd.plots.player): each labels its slider, and after 'first
+            # frame', 'next frame' changes the frame and its label.
             for player in page.locator("div.animation").all():
                 players_seen += 1
                 image = player.locator("img").first
-                before = image.get_attribute("src")
+                label = player.locator(".minsd-frame-label").first
+                player.locator("button[title='First frame']").first.click()
+                page.wait_for_timeout(100)
+                before = image.get_attribute("src"), label.text_content()
                 player.locator("button[title='Next frame']").first.click()
                 page.wait_for_timeout(100)
-                if image.get_attribute("src") == before:
-                    problems.append(
-                        f"{name}: a player's next-frame button did not change its frame"
-                    )
+                after = image.get_attribute("src"), label.text_content()
+                if after[0] == before[0]:
+                    problems.append(f"{name}: 'next frame' did not change the frame")
+                if not after[1] or after[1] == before[1]:
+                    problems.append(f"{name}: a player's slider has no frame labels")
             page.screenshot(
                 path=str(
                     SCREENSHOTS
