@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import cpu_name, paired_ratio, rounds, table, unet_pair  # noqa: E402
 
 from minsd.attention_maps import recording_cross_attention  # noqa: E402
-from minsd.loading import DEFAULT_MODEL, unet_config_from_diffusers  # noqa: E402
+from minsd.configs import unet_config_from_diffusers  # noqa: E402
+from minsd.loading import DEFAULT_MODEL  # noqa: E402
 from minsd.unet import UNetConfig  # noqa: E402
 
 

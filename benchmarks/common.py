@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from minsd.loading import diffusers_unet_config
+from minsd.configs import diffusers_unet_config
 from minsd.unet import UNet, UNetConfig
 
 TINY = UNetConfig(
