@@ -1,5 +1,4 @@
-"""Command line: python -m minsd "a prompt" --steps 20 --seed 0 --guidance 7.5 --out
-image.png
+"""Command line: python -m minsd "a prompt" --steps 20 --out image.png
 
 A user's mistake (a bad option, an --out that cannot be written, weights that do not
 load, an argument the pipeline refuses) is one or two lines on stderr and exit status 2;
@@ -29,8 +28,7 @@ USER_ERRORS = (OSError, ValueError, TypeError, FloatingPointError)
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
-        """One line for the mistake and one for where to look, instead of argparse's
-        whole usage block."""
+        """One line for the mistake and one for where to look (not the usage block)."""
         self.exit(
             2, f"minsd: error: {message}\n(python -m minsd --help lists the options)\n"
         )
@@ -109,7 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--strength",
         type=float,
         default=None,
-        help="img2img: how much to change the image, in (0, 1]; runs the last strength x steps steps (default 0.8)",
+        help="img2img: how much to change the image, in (0, 1]; runs the last "
+        "strength x steps steps (default 0.8)",
     )
     parser.add_argument(
         "--weights",
@@ -120,7 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--config",
         default=None,
-        help="with a single .safetensors checkpoint: a diffusers-format folder with its configs (default: SD 1.5's)",
+        help="with a single .safetensors checkpoint: a diffusers-format folder with "
+        "its configs (default: SD 1.5's)",
     )
     parser.add_argument(
         "--device", default=None, help="cuda or cpu (default: cuda when present)"
@@ -129,7 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads",
         type=positive_int,
         default=None,
-        help="CPU threads (default: 1 for small models such as the built-in one, else torch's default)",
+        help="CPU threads (default: 1 for small models such as the built-in one, "
+        "else torch's default)",
     )
     parser.add_argument(
         "--out",
@@ -141,17 +142,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def output_paths(out: Path, num_images: int) -> list[Path]:
-    """Where the images go: --out itself, or --out with _0, _1, ... before the
-    extension."""
+    """Where the images go: --out, or --out with _0, _1, ... before its suffix."""
     if num_images == 1:
         return [out]
     return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(num_images)]
 
 
 def check_writable(paths: list[Path]) -> None:
-    """Refuse, before any work, an output that cannot be written: an unknown image
-    format, a path that is a
-    folder, or a folder that cannot be created or written to."""
+    """Refuse, before any work, an output that cannot be written.
+
+    That is an unknown image format, a path that is a folder, or a folder that cannot
+    be created or written to.
+    """
     from PIL import Image
 
     Image.init()  # registers every format PIL has a plugin for
@@ -159,12 +161,14 @@ def check_writable(paths: list[Path]) -> None:
     for path in paths:
         if path.is_dir():
             raise ValueError(
-                f"--out {path} is a folder; give a file name such as {path / 'image.png'}"
+                f"--out {path} is a folder; give a file name such as "
+                f"{path / 'image.png'}"
             )
         if path.suffix.lower() not in writable:
             raise ValueError(
-                f"--out {path}: cannot write images with extension {path.suffix or '(none)'!r}; "
-                "use .png (lossless), .jpg, .webp or another extension that Pillow writes"
+                f"--out {path}: cannot write images with extension "
+                f"{path.suffix or '(none)'!r}; use .png (lossless), .jpg, .webp or "
+                "another extension that Pillow writes"
             )
         folder = path.parent
         # the nearest folder that exists must be a writable folder
@@ -175,8 +179,7 @@ def check_writable(paths: list[Path]) -> None:
 
 
 def read_image(path: Path) -> "Image.Image":
-    """The --init-image, decoded now, so that an unreadable file is refused before the
-    model loads."""
+    """The --init-image, decoded now: an unreadable file is refused before loading."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -191,10 +194,11 @@ def read_image(path: Path) -> "Image.Image":
 
 
 def save_images(images: list, paths: list[Path]) -> None:
-    """Write each image to a temporary file beside its path, then rename it into
-    place: an interrupted or
-    failed save leaves neither a partial file nor a changed existing one, and no
-    folder it created."""
+    """Write each image to a temporary file beside its path, then rename it into place.
+
+    An interrupted or failed save leaves neither a partial file nor a changed existing
+    one, and no folder it created.
+    """
     # the folders that will be created
     missing = [p for p in reversed(paths[0].parents) if not p.exists()]
     temporary = []

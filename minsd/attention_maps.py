@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_one_image
 from .pipeline import Generation, StableDiffusion
+from .tokenizer import token_ids
 from .unet import Attention
 
 
 def cross_attention_layers(unet: nn.Module) -> list[tuple[str, Attention]]:
-    """The UNet's cross-attention modules (every transformer block's attn2), in the
-    order they run."""
+    """The UNet's cross-attention modules (each transformer block's attn2), in order."""
     return [
         (name, module)
         for name, module in unet.named_modules()
@@ -38,12 +39,12 @@ def cross_attention_layers(unet: nn.Module) -> list[tuple[str, Attention]]:
 def recording_cross_attention(
     unet: nn.Module,
 ) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """While active, {layer name: [probabilities of each UNet call]}, each (B, N,
-    T): softmax over the T tokens for each of the layer's N = h_l * w_l positions,
-    averaged over heads, float32 on the CPU.
+    """While active: {layer name: [the probabilities of each UNet call]}.
 
-    Outside it, the layers run as before: one fused scaled_dot_product_attention,
-    nothing kept.
+    Each is (B, N, T): the softmax over the T tokens for each of the layer's
+    N = h_l * w_l positions, averaged over heads, float32 on the CPU. Outside it, the
+    layers run as before (one fused scaled_dot_product_attention, nothing kept): the
+    hooks are removed on the way out.
     """
     recorded: dict[str, list[torch.Tensor]] = {}
     layers = cross_attention_layers(unet)
@@ -61,8 +62,7 @@ def recording_cross_attention(
 
 @dataclass
 class AttentionMaps:
-    """The cross-attention of one generation, for its first image (the conditional half
-    under guidance)."""
+    """The cross-attention of one generation's image (its conditional half)."""
 
     # the T tokens the text encoder read: start, the prompt's, end, padding
     tokens: list[str]
@@ -76,9 +76,11 @@ class AttentionMaps:
         calls: Sequence[int] | slice | None = None,
         size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """(T, H, W): each token's map averaged over `layers` (default all) and
-        `calls` (default all),
-        each layer's map first upsampled (bilinear) to `size` (default the image's)."""
+        """(T, H, W): each token's map, averaged over `layers` and `calls`.
+
+        layers, calls: which to average (default all). Each layer's map is first
+        upsampled (bilinear) to `size` (default the image's).
+        """
         size = size or tuple(self.generation.pixels.shape[-2:])
         calls = slice(None) if calls is None else calls
         # each (calls, T, h_l, w_l)
@@ -93,14 +95,12 @@ class AttentionMaps:
 def cross_attention_maps(
     pipe: StableDiffusion, prompt: str, **generate_args: object
 ) -> AttentionMaps:
-    """Generate one image for `prompt` (any of generate's keyword arguments but
-    num_images) and return
-    its per-token cross-attention maps, one per layer and UNet call (one call a step
-    for euler and dpmpp_2m)."""
-    if generate_args.get("num_images", 1) != 1 or not isinstance(prompt, str):
-        raise ValueError(
-            "cross_attention_maps draws one image of one prompt: pass a string and no num_images"
-        )
+    """Generate one image for `prompt` and return its per-token cross-attention maps.
+
+    generate_args: any of generate's keyword arguments but num_images. The maps are
+    one per layer and UNet call (one call a step for euler and dpmpp_2m).
+    """
+    check_one_image(prompt, generate_args)
     with recording_cross_attention(pipe.unet) as recorded:
         generation = pipe.generate(prompt, **generate_args)
     h, w = generation.latents.shape[-2:]
@@ -111,20 +111,13 @@ def cross_attention_maps(
         h_l, w_l = layer_size(h, w, probs.shape[1])
         # (calls, T, h_l, w_l)
         maps[name] = probs.transpose(1, 2).reshape(len(calls), -1, h_l, w_l)
-    ids = pipe.tokenizer(
-        prompt,
-        padding="max_length",
-        max_length=pipe.tokenizer.model_max_length,
-        truncation=True,
-    )
-    return AttentionMaps(
-        pipe.tokenizer.convert_ids_to_tokens(ids.input_ids), maps, generation
-    )
+    ids = token_ids(pipe.tokenizer, [prompt])[0]  # (T,)
+    tokens = pipe.tokenizer.convert_ids_to_tokens(ids.tolist())
+    return AttentionMaps(tokens, maps, generation)
 
 
 def layer_size(h: int, w: int, n_positions: int) -> tuple[int, int]:
-    """The (h_l, w_l) of a layer with n_positions, at one of the UNet's levels: (h, w)
-    halved k times, rounded up."""
+    """The (h_l, w_l) of a layer with n_positions: (h, w) halved k times, rounded up."""
     h_l, w_l = h, w
     for _ in range(8):
         if h_l * w_l == n_positions:

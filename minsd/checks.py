@@ -1,13 +1,26 @@
 """What minsd refuses, and the message that says why.
 
-The modules that tell the story (the UNet, the denoiser, the samplers, the pipeline,
-loading) call these checks in one line where they guard, so that the story reads first.
-Every error names the wrong value and what is allowed; nothing is silently fixed.
+The modules that tell the story (the samplers, the pipeline, loading) call these checks
+in one line where they guard, so that the story reads first. Every error names the
+wrong value and what is allowed; nothing is silently fixed. A few arguments are allowed
+but probably not meant (a prompt longer than the text encoder reads): a warning says so.
 """
 
+import math
 import numbers
+import warnings
+from typing import TYPE_CHECKING
 
 import torch
+from PIL import Image
+
+from .choices import SAMPLERS, SPACINGS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+# -- what counts as an integer, a number, a list of prompts ----------------------------
 
 
 def is_integer(value: object) -> bool:
@@ -16,6 +29,7 @@ def is_integer(value: object) -> bool:
 
 
 def is_positive_integer(value: object) -> bool:
+    """An integer (see `is_integer`) above 0."""
     return is_integer(value) and value > 0
 
 
@@ -24,7 +38,16 @@ def is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def is_list_of_strings(value: object) -> bool:
+    """A list or tuple whose items are all strings (an empty one too)."""
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
+# -- the schedule ----------------------------------------------------------------------
+
+
 def check_num_steps(num_steps: int) -> None:
+    """A sampler's step count: a positive integer."""
     if not is_positive_integer(num_steps):
         raise ValueError(
             "the number of sampling steps must be a positive integer, "
@@ -32,19 +55,32 @@ def check_num_steps(num_steps: int) -> None:
         )
 
 
+def check_spacing(spacing: object) -> None:
+    """A schedule's spacing: one of `SPACINGS` (see scheduler.get_sigmas)."""
+    if spacing not in SPACINGS:
+        raise ValueError(
+            f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}"
+        )
+
+
+# -- devices and dtypes ----------------------------------------------------------------
+
+
 def default_device() -> torch.device:
+    """CUDA when a GPU is visible, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """fp16 on CUDA; fp32 elsewhere (fp16 on a CPU fails or crawls, bf16 is 15-200x
-    slower here)."""
+    """fp16 on CUDA; fp32 elsewhere.
+
+    fp16 on a CPU fails or crawls, and bf16 is 15-200x slower here.
+    """
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
-    """The device to run on: None for the default, else one that exists here (refused
-    by name if not)."""
+    """The device to run on: None for the default, else one that exists here."""
     if device is None:
         return default_device()
     if not isinstance(device, (str, torch.device)):
@@ -86,8 +122,7 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 
 
 def resolve_dtype(dtype: torch.dtype | None, device: torch.device) -> torch.dtype:
-    """The network's dtype: None for the device's default, else a floating-point
-    torch.dtype."""
+    """The network's dtype: None for the device's default, else a floating dtype."""
     if dtype is None:
         return default_dtype(device)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -96,3 +131,207 @@ def resolve_dtype(dtype: torch.dtype | None, device: torch.device) -> torch.dtyp
             f"or torch.float32, got {dtype!r}"
         )
     return dtype
+
+
+# -- StableDiffusion.generate's arguments, in the order it checks them -----------------
+
+
+def check_prompts(prompt: object, negative_prompt: object) -> None:
+    """The prompts: a string or a non-empty list of strings.
+
+    A negative prompt is None, a string, or a list of strings, one per prompt.
+    """
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not is_list_of_strings(prompts) or not prompts:
+        raise TypeError(
+            f"prompt must be a string or a non-empty list of strings, got {prompt!r}"
+        )
+    if negative_prompt is None or isinstance(negative_prompt, str):
+        return
+    if not is_list_of_strings(negative_prompt):
+        raise TypeError(
+            "negative_prompt must be None, a string or a list of strings, got "
+            f"{type(negative_prompt).__name__}: {negative_prompt!r}"
+        )
+    if len(negative_prompt) != len(prompts):
+        raise ValueError(
+            f"got {len(negative_prompt)} negative prompts for {len(prompts)} prompts; "
+            "give one per prompt"
+        )
+
+
+def check_init_image(
+    init_image: object, n_prompts: int, height: object, width: object
+) -> None:
+    """img2img's image, if any: PIL, or (1 or n_prompts, 3, H, W) pixels in [0, 1].
+
+    A height or width that is given must be the image's.
+    """
+    if init_image is None:
+        return
+    if isinstance(init_image, Image.Image):
+        image_width, image_height = init_image.size
+    elif isinstance(init_image, torch.Tensor):
+        pixels = init_image.detach().float()
+        shape = tuple(pixels.shape)
+        if len(shape) != 4 or shape[1] != 3 or shape[0] not in (1, n_prompts):
+            raise ValueError(
+                f"init_image must have shape (1 or {n_prompts}, 3, H, W) (one image, "
+                f"or one per prompt), got {shape}"
+            )
+        if not torch.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+            raise ValueError(
+                "init_image's pixels must be finite and in [0, 1], got values in "
+                f"[{pixels.min().item():.3g}, {pixels.max().item():.3g}]"
+            )
+        image_height, image_width = pixels.shape[-2:]
+    else:
+        raise TypeError(
+            "init_image must be a PIL image or a (B, 3, H, W) tensor of pixels in "
+            f"[0, 1], got {type(init_image).__name__}"
+        )
+    if (height is not None and height != image_height) or (
+        width is not None and width != image_width
+    ):
+        raise ValueError(
+            f"init_image is {image_width} x {image_height} pixels but height={height}, "
+            f"width={width} were asked; leave height and width out (they default to "
+            "the image's) or resize the image"
+        )
+
+
+def check_image_size(height: object, width: object, factor: int) -> None:
+    """Height and width: positive multiples of the VAE's downsampling factor.
+
+    Whole numbers of pixels; a refusal suggests the nearest two sizes that work.
+    """
+    for name, size in (("height", height), ("width", width)):
+        if not is_integer(size):
+            raise TypeError(
+                f"{name} must be an integer number of pixels, got "
+                f"{type(size).__name__}: {size!r}"
+            )
+        if size <= 0 or size % factor:
+            lower = max(factor, size // factor * factor)
+            raise ValueError(
+                f"{name} must be a positive multiple of {factor} (the VAE's "
+                f"downsampling factor), got {size!r}; try {lower} or {lower + factor}"
+            )
+
+
+def check_sampling_arguments(
+    steps: object, guidance: object, seed: object, num_images: object, sampler: object
+) -> None:
+    """The step count, guidance, seed, image count and sampler.
+
+    A positive step count, a finite guidance scale, a seed torch's generator takes, a
+    positive image count and a sampler of `SAMPLERS`.
+    """
+    check_num_steps(steps)
+    if not is_number(guidance):
+        raise TypeError(
+            "guidance must be a number (e.g. 7.5), got "
+            f"{type(guidance).__name__}: {guidance!r}"
+        )
+    if not math.isfinite(guidance):
+        raise ValueError(
+            "guidance must be a finite number (e.g. 7.5; 1 turns guidance off), "
+            f"got {guidance!r}"
+        )
+    if not is_integer(seed) or not 0 <= seed < 2**64:
+        raise ValueError(
+            "seed must be an integer in [0, 2**64), the range of torch's generator, "
+            f"got {seed!r}"
+        )
+    if not is_positive_integer(num_images):
+        raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(
+            f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}"
+        )
+
+
+def check_strength(strength: object, steps: int, img2img: bool) -> None:
+    """img2img's strength: a number in (0, 1], given only with an init_image.
+
+    It must leave at least one of the `steps` steps to run.
+    """
+    if not img2img:
+        if strength is not None:
+            raise ValueError(
+                f"strength={strength!r} needs an init_image: it says how much of the "
+                "image to keep"
+            )
+        return
+    if not is_number(strength):
+        raise TypeError(
+            "strength must be a number in (0, 1], got "
+            f"{type(strength).__name__}: {strength!r}"
+        )
+    if not 0 < strength <= 1:
+        raise ValueError(
+            "strength must be in (0, 1] (1: start from pure noise plus the image), "
+            f"got {strength!r}"
+        )
+    if int(steps * strength) < 1:
+        raise ValueError(
+            f"strength {strength} of {steps} steps runs int({steps} * {strength}) = 0 "
+            f"steps; use at least {math.ceil(1 / strength)} steps or a larger strength"
+        )
+
+
+# -- warnings: allowed, but probably not what was meant --------------------------------
+
+
+def warn_long_prompts(tokenizer: "PreTrainedTokenizerBase", prompts: list[str]) -> None:
+    """Warn about each prompt longer than the text encoder reads: the rest is cut."""
+    T = tokenizer.model_max_length
+    for prompt in prompts:
+        # start and end tokens included; verbose=False: this warning replaces the
+        # tokenizer's own "indexing errors" one
+        n_tokens = len(tokenizer(prompt, verbose=False).input_ids)
+        if n_tokens > T:
+            warnings.warn(
+                f"prompt has {n_tokens} tokens, more than the text encoder's {T} "
+                f"(start and end tokens included); everything after token {T - 1} "
+                f"is ignored: {prompt!r}",
+                stacklevel=4,
+            )
+
+
+def warn_unused_negative_prompt(negative_prompt: object, guidance: object) -> None:
+    """Warn that a negative prompt at guidance 1 changes nothing."""
+    if guidance == 1.0 and negative_prompt is not None:
+        warnings.warn(
+            "the negative prompt has no effect at guidance 1.0 (no unconditional pass)",
+            stacklevel=4,
+        )
+
+
+# -- the pipeline's other inputs, and its result ---------------------------------------
+
+
+def check_one_image(prompt: object, generate_args: dict) -> None:
+    """cross_attention_maps draws one image: one prompt (a string), num_images 1."""
+    if generate_args.get("num_images", 1) != 1 or not isinstance(prompt, str):
+        raise ValueError(
+            "cross_attention_maps draws one image of one prompt: pass a string and no "
+            "num_images"
+        )
+
+
+def check_pixels(pixels: torch.Tensor) -> None:
+    """Pixels for the VAE: (B, 3, H, W)."""
+    if pixels.ndim != 4 or pixels.shape[1] != 3:
+        raise ValueError(
+            f"expected pixels of shape (B, 3, H, W), got {tuple(pixels.shape)}"
+        )
+
+
+def check_finite_latents(latents: torch.Tensor, where: str) -> None:
+    """Sampling's result must be finite: NaN or inf raises, not a black image."""
+    if not torch.isfinite(latents).all():
+        raise FloatingPointError(
+            f"sampling produced NaN/inf latents ({where}); if this is fp16, try "
+            "dtype=torch.float32"
+        )

@@ -1,5 +1,4 @@
-"""The choices minsd offers, one list each, read by the code, the command line and the
-docs.
+"""The choices minsd offers, one list each, for the code, the command line and docs.
 
 Kept free of torch, so that `python -m minsd --help` answers without loading it.
 """
@@ -9,7 +8,8 @@ Kept free of torch, so that `python -m minsd --help` answers without loading it.
 SPACINGS = ("linspace", "leading", "trailing", "karras")
 
 # Samplers that StableDiffusion.generate and the command line run (scheduler.py holds
-# them all). sample_heun_churn (Karras et al. 2022, Algorithm 2) is not among them:
-# its four parameters (s_churn, s_tmin, s_tmax, s_noise) must be tuned per model and
-# none are published for SD; call it directly, as the chapter "Beyond Euler" does.
+# them all; each name here needs its branch in generate). sample_heun_churn (Karras et
+# al. 2022, Algorithm 2) is not among them: its four parameters (s_churn, s_tmin,
+# s_tmax, s_noise) must be tuned per model and none are published for SD; call it
+# directly, as the chapter "Beyond Euler" does.
 SAMPLERS = ("euler", "heun", "dpmpp_2m", "euler_ancestral")

@@ -23,8 +23,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .checks import check_num_steps
-from .choices import SPACINGS
+from .checks import check_num_steps, check_spacing
 from .denoiser import t_to_sigma
 
 # denoiser(x, sigma) -> D(x; sigma), x: (B, C, h, w), sigma: a 0-d tensor
@@ -92,8 +91,7 @@ def get_sigmas(
     spacing: 'linspace', 'leading' or 'trailing' timesteps, or 'karras' (rho = 7
     between the table's sigma_min and sigma_max).
     """
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
+    check_spacing(spacing)
     table = sigma_table.detach().cpu().to(torch.float64)  # tiny: built on the CPU
     if spacing == "karras":
         sigmas = karras_sigmas(num_steps, table[0].item(), table[-1].item())
@@ -298,11 +296,11 @@ def sample_euler_ancestral(
     denoiser: DenoiserFn,
     x: torch.Tensor,
     sigmas: torch.Tensor,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = False,
     *,
     generator: torch.Generator,
     eta: float = 1.0,
-    callback: Callable[[dict], None] | None = None,
-    progress: bool = False,
 ) -> torch.Tensor:
     """Euler ancestral: an Euler step down to sigma_down < sigma_next, then fresh
     noise back up to sigma_next.
@@ -345,14 +343,14 @@ def sample_heun_churn(
     denoiser: DenoiserFn,
     x: torch.Tensor,
     sigmas: torch.Tensor,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = False,
     *,
     generator: torch.Generator,
     s_churn: float = 0.0,
     s_tmin: float = 0.0,
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
-    callback: Callable[[dict], None] | None = None,
-    progress: bool = False,
 ) -> torch.Tensor:
     """Karras et al. 2022, Algorithm 2: Heun's method with "churn", noise added
     before every step.
