@@ -127,3 +127,102 @@ def player(
 }})();
 </script>"""
     return html + script
+
+
+# The book's column is about 8.5 inches at 80 dpi: at most 8 thumbnails a row.
+MAX_TABLE_COLUMNS = 8
+
+
+def image_table(
+    rows: Sequence[Sequence],
+    row_labels: Sequence[str] | None = None,
+    column_labels: Sequence[str] | None = None,
+    size: float = 0.9,
+    title: str | None = None,
+    fontsize: float = 9,
+):
+    """Images as a table: rows[r][c] in row r, column c; returns the figure.
+
+    Each column's label is written once, above the top row, and each row's label
+    left of the row, so no label can overlap an image of another row. Images are
+    tensors (3, H, W) in [0, 1], arrays or PIL images; `size` is a thumbnail's side
+    in inches (0.8 inch is 64 px at the book's 80 dpi).
+    """
+    n_columns = max(len(row) for row in rows)
+    if n_columns > MAX_TABLE_COLUMNS:
+        raise ValueError(
+            f"{n_columns} columns: at most {MAX_TABLE_COLUMNS} thumbnails fit a row of "
+            "the book's column; split the table"
+        )
+    label_width = 0.0
+    if row_labels is not None:
+        longest = max(len(line) for label in row_labels for line in label.split("\n"))
+        label_width = 0.1 + 0.075 * longest * fontsize / 9  # inches of 9 pt text
+    top = 0.0
+    if column_labels is not None:
+        lines = max(label.count("\n") + 1 for label in column_labels)
+        top += 0.2 * lines * fontsize / 9
+    if title:
+        top += 0.3
+    fig, axes = plt.subplots(
+        len(rows),
+        n_columns,
+        figsize=(label_width + size * n_columns, top + size * len(rows)),
+        squeeze=False,
+    )
+    for r, row in enumerate(rows):
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(row):
+                image = row[c]
+                if not isinstance(image, (torch.Tensor, np.ndarray)):
+                    image = np.asarray(image) / 255.0  # a PIL image
+                ax.imshow(to_image(image), interpolation="nearest")
+            if r == 0 and column_labels is not None:
+                ax.set_title(column_labels[c], fontsize=fontsize)
+            if c == 0 and row_labels is not None:
+                ax.set_ylabel(row_labels[r], rotation=0, ha="right", va="center")
+                ax.yaxis.label.set_fontsize(fontsize)
+    if title:
+        fig.suptitle(title, fontsize=fontsize + 1)
+    fig.tight_layout(pad=0.3, w_pad=0.2, h_pad=0.2)
+    return fig
+
+
+def map_panels(
+    axes: Sequence,
+    maps: torch.Tensor | np.ndarray,
+    limit: float,
+    outline: torch.Tensor | np.ndarray | None = None,
+    size: int | None = None,
+) -> list:
+    """Draw maps (n, h, w) on n axes, blue below 0 and red above, clipped at +-limit;
+    returns the n images, for a player's `set_data`.
+
+    Every map is stretched over an image of size x size pixels (default: the
+    outline's size), so that maps of every resolution line up with the image.
+    outline: (H, W), drawn as its 0.5 contour (a shape's mask, say).
+    """
+    if isinstance(maps, torch.Tensor):
+        maps = maps.detach().float().cpu().numpy()
+    if isinstance(outline, torch.Tensor):
+        outline = outline.detach().float().cpu().numpy()
+    if len(axes) != len(maps):
+        raise ValueError(f"{len(maps)} maps for {len(axes)} axes")
+    if size is None and outline is None:
+        raise ValueError("give the image's size, or an outline to take it from")
+    size = outline.shape[-1] if size is None else size
+    extent = (-0.5, size - 0.5, size - 0.5, -0.5)  # the image's pixel grid
+    images = []
+    for ax, panel in zip(axes, maps):
+        images.append(
+            ax.imshow(panel, cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent)
+        )
+        if outline is not None:
+            ax.contour(outline, levels=[0.5], colors="k", linewidths=0.7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return images

@@ -1,7 +1,7 @@
 """A 2D Gaussian mixture whose denoiser D(x; sigma) is known exactly: the book's toy
 data.
 
-Data: p_0 = sum_k pi_k N(mu_k, s_k^2 I). Adding noise of level sigma blurs each
+Data: p_data(y) = sum_k pi_k N(y; mu_k, s_k^2 I). Noise of level sigma blurs each
 component:
 
     p(x; sigma) = sum_k pi_k N(x; mu_k, (s_k^2 + sigma^2) I).
@@ -73,7 +73,7 @@ class GaussianMixture:
         return (self.denoise(x, sigma) - x) / torch.as_tensor(sigma, dtype=x.dtype) ** 2
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n samples of the data, p_0: (n, 2) float64."""
+        """n samples y of the data, p_data: (n, 2) float64."""
         return self.sample_with_components(n, generator)[0]
 
     def sample_with_components(self, n: int, generator: torch.Generator | None = None):
