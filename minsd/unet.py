@@ -349,14 +349,20 @@ def up_resnets(
 
 
 class UpBlock2D(nn.Module):
-    """At the lowest resolution: (concat skip -> ResNet) x (layers + 1), upsample."""
+    """At the lowest resolution: (concat skip -> ResNet) x (layers + 1), then
+    upsample (unless this level is also the top one)."""
 
     def __init__(
-        self, prev_ch: int, out_ch: int, skip_ch: int, cfg: UNetConfig
+        self,
+        prev_ch: int,
+        out_ch: int,
+        skip_ch: int,
+        cfg: UNetConfig,
+        add_upsample: bool,
     ) -> None:
         super().__init__()
         self.resnets = up_resnets(prev_ch, out_ch, skip_ch, cfg)
-        self.upsamplers = nn.ModuleList([Upsample2D(out_ch)])
+        self.upsamplers = nn.ModuleList([Upsample2D(out_ch)]) if add_upsample else None
 
     def forward(
         self,
@@ -364,13 +370,15 @@ class UpBlock2D(nn.Module):
         emb: torch.Tensor,
         context: torch.Tensor,
         skips: tuple[torch.Tensor, ...],
-        upsample_size: torch.Size,
+        upsample_size: torch.Size | None,
     ) -> torch.Tensor:
         """skips: this level's, in the order the down path saved them; the ResNets
         read them newest first. No attention here: the context is not read."""
         for resnet, skip in zip(self.resnets, reversed(skips)):
             x = resnet(torch.cat([x, skip], dim=1), emb)
-        return self.upsamplers[0](x, size=upsample_size)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x, size=upsample_size)
+        return x
 
 
 class CrossAttnUpBlock2D(nn.Module):
@@ -459,13 +467,12 @@ class UNet(nn.Module):
         for level in range(n_levels):
             prev_ch, out_ch = rev[max(level - 1, 0)], rev[level]
             skip_ch = rev[min(level + 1, n_levels - 1)]  # the level above's last skip
+            add_upsample = level < n_levels - 1  # all but the top level
             if level == 0:
-                self.up_blocks.append(UpBlock2D(prev_ch, out_ch, skip_ch, cfg))
+                block = UpBlock2D(prev_ch, out_ch, skip_ch, cfg, add_upsample)
             else:
-                add_upsample = level < n_levels - 1
-                self.up_blocks.append(
-                    CrossAttnUpBlock2D(prev_ch, out_ch, skip_ch, cfg, add_upsample)
-                )
+                block = CrossAttnUpBlock2D(prev_ch, out_ch, skip_ch, cfg, add_upsample)
+            self.up_blocks.append(block)
 
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=1e-5)
         self.conv_act = nn.SiLU()

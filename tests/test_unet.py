@@ -48,6 +48,31 @@ def test_tiny_unet_matches_diffusers(name, size):
     assert (other_t - expected).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_any_number_of_levels_matches_diffusers(levels):
+    """SD 1.5's shape with fewer levels is diffusers' too: the top level's up block
+    never upsamples, also when it is the only one (an UpBlock2D)."""
+    cfg = UNetConfig(
+        sample_size=8,
+        block_out_channels=(16, 32, 32)[:levels],
+        layers_per_block=1,
+        num_heads=2,
+        cross_attention_dim=16,
+        norm_num_groups=4,
+    )
+    reference = diffusers_unet(cfg)
+    unet = minsd_copy(reference)
+    x, t, context = (
+        torch.randn(2, 4, 8, 8),
+        torch.tensor([10.0, 700.0]),
+        torch.randn(2, 3, 16),
+    )
+    with torch.no_grad():
+        assert_close(
+            unet(x, t, context), reference(x, t, context).sample, rtol=1e-5, atol=1e-5
+        )
+
+
 def test_scalar_timestep_is_broadcast():
     """A 0-d timestep applies to every sample of the batch, as in diffusers."""
     reference = diffusers_unet(TINY_UNET_CONFIGS["tiny-b"])
