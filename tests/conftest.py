@@ -1,9 +1,11 @@
 """What the tests share: SD 1.5's noise schedule and diffusers' schedulers on it, a
-stand-in eps-model,
-tiny SD 1.5-shaped components (random weights) and a saved diffusers folder of them."""
+stand-in eps-model, the exact flow of one Gaussian blob, tiny SD 1.5-shaped components
+(random weights) and a saved diffusers folder of them, the command line run as a user
+runs it, and the built book."""
 
 import functools
 import http.server
+import os
 import subprocess
 import sys
 import threading
@@ -18,15 +20,18 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from ldm_layout import ldm_checkpoint
+from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from minsd.configs import diffusers_unet_config
 from minsd.denoiser import (
     Denoiser,
     scaled_linear_alphas_cumprod,
     sigmas_from_alphas_cumprod,
 )
-from minsd.loading import diffusers_unet_config
 from minsd.tokenizer import build_clip_tokenizer
+from minsd.toy import GaussianMixture
 from minsd.unet import UNetConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +104,25 @@ def sd15_denoiser(eps_model: torch.nn.Module):
         return denoiser(x, sigma, no_text)
 
     return denoise
+
+
+# -- One Gaussian blob: data whose probability flow is known exactly --------------------------
+
+
+def one_blob_flow(
+    blob: GaussianMixture, x: torch.Tensor, sigma_from: float, sigma_to: float = 0.0
+) -> torch.Tensor:
+    """Where the probability-flow ODE carries x from sigma_from to sigma_to, for data
+    of one Gaussian N(mu, s^2 I): float64, like x.
+
+    With D(x; sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu), the Gaussian posterior
+    mean, the ODE dx/dsigma = (x - D) / sigma = sigma (x - mu) / (s^2 + sigma^2) is
+    solved exactly by x(sigma) - mu = (x(sigma_from) - mu) sqrt((s^2 + sigma^2) /
+    (s^2 + sigma_from^2)).
+    """
+    (mu,), (s,) = blob.means, blob.stds  # (2,), ()
+    shrink = ((s**2 + sigma_to**2) / (s**2 + sigma_from**2)) ** 0.5
+    return mu + shrink * (x.double() - mu)
 
 
 # -- Tiny SD 1.5-shaped components ------------------------------------------------------------
@@ -217,6 +241,38 @@ def tiny_folder(tmp_path_factory, tiny_reference):
     folder = tmp_path_factory.mktemp("tiny-sd")
     tiny_reference.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_reference) -> Path:
+    """The tiny reference pipeline as one .safetensors file in the original SD (LDM)
+    layout, as SD 1.x fine-tunes circulate."""
+    path = tmp_path_factory.mktemp("single-file") / "tiny-sd.safetensors"
+    save_file(ldm_checkpoint(tiny_reference), path)
+    return path
+
+
+# -- The command line ---------------------------------------------------------------------
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a user's `python -m minsd`: offline, and with no
+    MINSD_WEIGHTS, so that the default model runs unless --weights names others."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("MINSD_WEIGHTS", None)
+    return env
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m minsd *args` in a fresh process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "minsd", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 # -- The book, built once for the browser tests ---------------------------------------

@@ -14,10 +14,9 @@ from minsd.anatomy import (
     param_rows,
     param_table,
     shape_table,
-    top_level_parts,
     trace_shapes,
 )
-from minsd.loading import diffusers_unet_config
+from minsd.configs import diffusers_unet_config
 from minsd.unet import UNet, UNetConfig
 
 SD15_PARAMETERS = 859_520_964  # SD 1.5's UNet, as published
@@ -58,9 +57,8 @@ def diffusers_parts(reference: UNet2DConditionModel) -> dict[str, tuple[int, int
 
 def diffusers_shapes(reference: UNet2DConditionModel, x, t, context) -> dict[str, dict]:
     """Per top-level part of diffusers' UNet, from its own forward pass: input and
-    output shapes,
-    the skips a down block returns and the skips an up block is handed (in the order
-    it pops them)."""
+    output shapes, the skips a down block returns and the skips an up block is handed
+    (in the order it pops them)."""
     seen, handles = {}, []
 
     def pre_hook(name):
@@ -143,8 +141,7 @@ def test_sd15_parameters_on_the_meta_device():
 @pytest.mark.parametrize("name", sorted(TINY_UNET_CONFIGS))
 def test_traced_shapes_match_diffusers_blocks(name):
     """A tiny config at an odd latent size (the up path must upsample to the skips'
-    sizes), real tensors for
-    diffusers, the meta device for minsd."""
+    sizes), real tensors for diffusers, the meta device for minsd."""
     cfg = TINY_UNET_CONFIGS[name]
     x, t, context = (
         torch.randn(2, 4, 17, 13),
@@ -197,15 +194,14 @@ def test_nested_hooks_pair_each_call_with_its_own_output():
 
 
 def test_tables_are_markdown_with_one_row_per_part():
-    """The shape and parameter tables are Markdown, one row per top-level part (and a
-    total)."""
+    """The shape and parameter tables are Markdown, one row per top-level part of
+    diffusers' UNet (and a total)."""
     unet, *inputs = meta_unet(TINY_UNET_CONFIGS["tiny-a"], latent_size=8, n_tokens=5)
     for table, n_rows in [
-        (shape_table(trace_shapes(unet, *inputs)), 13),
-        (param_table(param_rows(unet)), 14),
+        (shape_table(trace_shapes(unet, *inputs)), len(PARTS)),
+        (param_table(param_rows(unet)), len(PARTS) + 1),
     ]:
         lines = table.splitlines()
         assert lines[0].startswith("| part |") and set(lines[1]) <= set("|-:")
         assert len(lines) == 2 + n_rows
     assert f"**{n_params(unet):,}**" in param_table(param_rows(unet))
-    assert len(top_level_parts(unet)) == 13

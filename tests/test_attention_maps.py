@@ -46,8 +46,8 @@ def test_recorded_probabilities_sum_to_one_over_tokens():
 
 def test_scaled_dot_product_attention_runs_unless_recording(monkeypatch):
     """Off, every attention is one fused SDPA call; while recording, the
-    cross-attentions are written out
-    and hand over their probabilities; after it, the hooks are gone."""
+    cross-attentions are written out and hand over their probabilities; after it, the
+    hooks are gone."""
     calls = []
     sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(

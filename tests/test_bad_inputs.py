@@ -7,15 +7,11 @@ and files are in test_bad_weights.py.
 """
 
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
 from minsd.loading import load_pipeline
@@ -342,15 +338,6 @@ def test_load_pipeline_refuses_bad_device_and_dtype(name, arguments, error, word
 # -- the command line: each case in its own process ------------------------------------------------
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("MINSD_WEIGHTS", None)
-    command = [sys.executable, "-m", "minsd", *args]
-    return subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=300, cwd=cwd
-    )
-
-
 def listing(folder: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b""
@@ -477,9 +464,8 @@ def workdir(tmp_path: Path) -> Path:
     ("name", "arguments", "words"), CLI_CASES, ids=[c[0] for c in CLI_CASES]
 )
 def test_cli_user_error_is_one_line_and_exit_2(workdir, name, arguments, words):
-    """Exit status 2, the error on one line (and at most one more pointing at
-    --help), no traceback,
-    no file created, changed or removed."""
+    """Exit status 2, the error on one line (and at most one more pointing at --help),
+    no traceback, no file created, changed or removed."""
     before = listing(workdir)
     args = [CIRCLE, *arguments] if name != "no prompt" else arguments
     result = run_cli(*args, cwd=workdir)
@@ -506,34 +492,3 @@ def test_cli_failed_run_keeps_an_existing_image_and_creates_no_folder(workdir):
         CIRCLE, "--height", "30", "--out", "new/deeper/image.png", cwd=workdir
     )
     assert result.returncode == 2 and not (workdir / "new").exists()
-
-
-def test_cli_ctrl_c_exits_130_without_traceback_or_file(workdir):
-    """SIGINT during sampling: exit status 130, one line, no traceback, the old image
-    untouched."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("MINSD_WEIGHTS", None)
-    command = [
-        sys.executable,
-        "-m",
-        "minsd",
-        CIRCLE,
-        "--steps",
-        "100000",
-        "--out",
-        "existing.png",
-    ]
-    process = subprocess.Popen(
-        command, cwd=workdir, env=env, stderr=subprocess.PIPE, text=True
-    )
-    seen = ""
-    deadline = time.monotonic() + 120
-    while "Euler:" not in seen and time.monotonic() < deadline:  # wait until it samples
-        seen += process.stderr.read(1)
-    process.send_signal(signal.SIGINT)
-    seen += process.stderr.read()
-    assert process.wait(timeout=60) == 130, seen
-    assert "minsd: interrupted; no image written" in seen
-    assert "Traceback" not in seen
-    assert (workdir / "existing.png").read_bytes() == b"an earlier image"
-    assert not list(workdir.glob(".existing.png*"))

@@ -21,9 +21,9 @@ import pytest
 import torch
 from conftest import tiny_text_encoder
 from safetensors.torch import load_file, save_file
-from test_single_file import ldm_checkpoint
 
-from minsd.loading import SD15_UNET, UNET_IGNORED, UNET_SIZES, load_pipeline
+from minsd.configs import SD15_UNET, UNET_IGNORED, UNET_SIZES
+from minsd.loading import load_pipeline
 
 
 @dataclass
@@ -310,7 +310,7 @@ CASES = [
     ("unet inpainting channels", fields("unet/config.json", in_channels=9), ValueError,
      UNET + r"out_channels=4 differs from in_channels=9"),
     ("unet channels not a list", fields("unet/config.json", block_out_channels=320), ValueError,
-     r"unet/config\.json: block_out_channels=320 must be a list of positive integers"),
+     r"unet/config\.json: block_out_channels=320 must be a list or tuple of positive integers"),
     # -- scheduler configs of another schedule or another kind of network
     ("zero terminal SNR", fields(SCHEDULER, rescale_betas_zero_snr=True), ValueError,
      r"scheduler_config\.json: rescale_betas_zero_snr=True \(SD 1\.5: False\)"),
@@ -396,13 +396,6 @@ def listing(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.lstat().st_size for p in root.rglob("*")}
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tiny_reference) -> Path:
-    path = tmp_path_factory.mktemp("single-file") / "tiny-sd.safetensors"
-    save_file(ldm_checkpoint(tiny_reference), path)
-    return path
-
-
 @pytest.fixture
 def work(tmp_path, tiny_folder, tiny_checkpoint, monkeypatch) -> Work:
     monkeypatch.chdir(tmp_path)  # relative weights paths resolve in tmp_path
@@ -444,7 +437,7 @@ def test_the_cases_are_distinct_and_many():
 
 
 def test_the_unet_table_covers_every_diffusers_field():
-    """Every argument of diffusers' UNet2DConditionModel is in loading.py's table,
+    """Every argument of diffusers' UNet2DConditionModel is in configs.py's table,
     read as a size, or ignored with a reason; the table's values are diffusers'
     defaults (so a missing field is SD 1.5's) and
     every one has a case above; the sizes' defaults are diffusers'."""

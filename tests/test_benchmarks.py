@@ -14,8 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def test_gpu_benchmark_smoke_mode(tmp_path):
     """benchmarks/gpu.py --smoke runs each variant in a fresh process and writes its
-    report: minsd draws diffusers'
-    images from the same noise, and both are timed."""
+    report: minsd draws diffusers' images from the same noise, and both are timed."""
     report = tmp_path / "gpu.md"
     command = [
         sys.executable,

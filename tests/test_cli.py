@@ -2,21 +2,14 @@
 test_bad_inputs.py)."""
 
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
 
+from conftest import cli_env, run_cli
 from PIL import Image, ImageDraw
-
-
-def run_cli(*args, env_extra=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "minsd", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
 
 
 def test_cli_writes_images(tiny_folder, tmp_path):
@@ -106,3 +99,78 @@ def test_cli_img2img_writes_an_image_of_the_inputs_size(tmp_path):
     assert Image.open(out).size == (32, 32)
     # int(20 * 0.5) steps run
     assert "Euler: 100%" in result.stderr and "10/10" in result.stderr
+
+
+def test_help_imports_no_torch():
+    """`python -m minsd --help` answers without importing torch: no torch module in
+    the fresh process's import log (-X importtime)."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "minsd", "--help"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+    )
+    assert result.returncode == 0 and "usage: python -m minsd" in result.stdout
+    # one line per import: "import time: self [us] | cumulative | module", the module
+    # indented by its depth
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "minsd.choices" in imported  # the log holds what __main__ imports
+    assert not [name for name in imported if name.split(".")[0] == "torch"]
+
+
+def read_until(stream, marker: bytes, deadline: float) -> bytes:
+    """What a pipe gives until `marker` appears, it closes or time.monotonic() passes
+    `deadline`: a read that cannot hang."""
+    seen = b""
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([stream], [], [], left)[0]:
+            break
+        chunk = os.read(stream.fileno(), 4096)
+        if not chunk:  # the process closed it: it has ended
+            break
+        seen += chunk
+    return seen
+
+
+def test_cli_ctrl_c_exits_130_without_traceback_or_file(tmp_path):
+    """SIGINT during sampling: exit status 130, one line, no traceback, the old image
+    untouched.
+
+    The child restores SIGINT's default action: a test run that was started with
+    SIGINT ignored (a background job of a non-interactive shell, nohup, some CI
+    runners) hands that on to its children, which would then sample all 100,000
+    steps. And no read waits without a deadline, so that a failure is quick.
+    """
+    old = tmp_path / "existing.png"
+    old.write_bytes(b"an earlier image")
+    command = [sys.executable, "-m", "minsd", "a red circle on a black background"]
+    command += ["--steps", "100000", "--out", old.name]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=cli_env(),
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        # wait until it samples (the progress bar starts)
+        seen = read_until(process.stderr, b"Euler:", time.monotonic() + 120)
+        assert b"Euler:" in seen, seen.decode()
+        process.send_signal(signal.SIGINT)
+        seen += process.communicate(timeout=60)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    stderr = seen.decode()
+    assert process.returncode == 130, stderr
+    assert "minsd: interrupted; no image written" in stderr
+    assert "Traceback" not in stderr
+    assert old.read_bytes() == b"an earlier image"
+    assert not list(tmp_path.glob(".existing.png*"))

@@ -1,5 +1,5 @@
-"""The denoiser's identities: sigma^-1 against diffusers, and D(x; sigma) as diffusers'
-Euler scheduler denoises."""
+"""The denoiser's identities: sigma^-1 and the VP coefficients against diffusers and
+DDPM, and D(x; sigma) as diffusers' Euler scheduler denoises."""
 
 import torch
 from conftest import (
@@ -11,7 +11,7 @@ from conftest import (
 )
 from torch.testing import assert_close
 
-from minsd.denoiser import Denoiser, sigma_to_t
+from minsd.denoiser import Denoiser, sigma_to_t, vp_coefficients
 from minsd.unet import UNet
 
 
@@ -54,10 +54,9 @@ def tiny_denoiser(reference) -> Denoiser:
 
 
 def test_denoiser_is_diffusers_pred_original_sample():
-    """D(x; sigma) is the x0 that diffusers' EulerDiscreteScheduler predicts from
-    the same UNet, at every
-    step of a 4-step linspace schedule (t = 999, 666, 333, 0: table points, where
-    both use the same t)."""
+    """D(x; sigma) is the x0 that diffusers' EulerDiscreteScheduler predicts from the
+    same UNet, at every step of a 4-step linspace schedule (t = 999, 666, 333, 0: table
+    points, where both use the same t)."""
     reference = diffusers_unet(TINY_UNET_CONFIGS["tiny-b"])
     denoiser = tiny_denoiser(reference)
     scheduler = euler_scheduler("linspace")
@@ -65,8 +64,8 @@ def test_denoiser_is_diffusers_pred_original_sample():
     torch.manual_seed(0)
     context = torch.randn(2, 5, 24)
     for sigma, t in zip(scheduler.sigmas[:-1], scheduler.timesteps, strict=True):
-        # x0 ~ N(0, I) plus noise of level sigma
-        x = torch.randn(2, 4, 8, 8) * (sigma**2 + 1) ** 0.5
+        # x = y + sigma n: a clean latent y ~ N(0, I) plus noise of level sigma
+        x = torch.randn(2, 4, 8, 8) + sigma * torch.randn(2, 4, 8, 8)
         with torch.no_grad():
             eps = reference(scheduler.scale_model_input(x, t), t, context).sample
             denoised = denoiser(x, sigma, context)
@@ -75,19 +74,36 @@ def test_denoiser_is_diffusers_pred_original_sample():
         assert_close(denoised, expected, rtol=1e-5, atol=1e-4)
 
 
-def test_c_in_is_one_over_sqrt_sigma_squared_plus_one():
-    """The seed project's README wrote c_in = 1 / (sigma^2 + 1): that gives another
-    denoiser (VP: 1 / sqrt(.))."""
-    reference = diffusers_unet(TINY_UNET_CONFIGS["tiny-b"])
-    denoiser = tiny_denoiser(reference)
-    x, context = torch.randn(2, 4, 8, 8) * 3, torch.randn(2, 5, 24)
-    sigma = SIGMA_TABLE[700].float()
-    with torch.no_grad():
-        wrong = (
-            x
-            - sigma * reference(x / (sigma**2 + 1), torch.tensor(700.0), context).sample
-        )
-        assert (wrong - denoiser(x, sigma, context)).abs().max() > 1e-2
+def test_vp_coefficients_are_diffusers_and_ddpm():
+    """Karras et al. 2022, Table 1 (VP) for SD's eps-model, against diffusers on a
+    25-step schedule (fractional steps) and DDPM's own quantities at every training
+    step.
+
+    c_in is diffusers' scale_model_input; at a training step t it is sqrt(abar_t),
+    so that c_in x = x_t is the UNet's training input, and c_noise is t. c_skip x +
+    c_out eps is DDPM's x0 prediction (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+    (Ho et al. 2020, eq. 15). (The seed project's README wrote c_in = 1 / (sigma^2 + 1):
+    that is off by a factor sqrt(sigma^2 + 1), 14.65 at sigma_max, and fails the first
+    check.)
+    """
+    scheduler = euler_scheduler("linspace")
+    scheduler.set_timesteps(25)
+    for i, t in enumerate(scheduler.timesteps):
+        scheduler.set_timesteps(25)  # scale_model_input reads the step it is at
+        scale = scheduler.scale_model_input(torch.ones(()), t)
+        _, _, c_in, _ = vp_coefficients(scheduler.sigmas[i].double(), SIGMA_TABLE)
+        assert_close(c_in.float(), scale, rtol=1e-6, atol=0)
+
+    # at every training step t: sigma_t = sqrt((1 - abar_t) / abar_t)
+    t = torch.arange(1000)
+    abar = ALPHAS_CUMPROD  # (1000,), checked against diffusers' above
+    c_skip, c_out, c_in, c_noise = vp_coefficients(SIGMA_TABLE, SIGMA_TABLE)
+    assert_close(c_noise, t.double(), rtol=0, atol=1e-9)
+    assert_close(c_in, abar**0.5)
+    x, eps = torch.randn(2, 1000, dtype=torch.float64)  # (1000,) each
+    x_t = abar**0.5 * x
+    x0_ddpm = (x_t - (1 - abar) ** 0.5 * eps) / abar**0.5
+    assert_close(c_skip * x + c_out * eps, x0_ddpm)
 
 
 def test_per_sample_sigmas():

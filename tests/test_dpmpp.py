@@ -1,5 +1,6 @@
-"""DPM-Solver++(2M): second order against exact and Runge-Kutta flows, and diffusers'
-DPMSolverMultistepScheduler."""
+"""DPM-Solver++(2M): second order against a Runge-Kutta flow, and diffusers'
+DPMSolverMultistepScheduler (its order on the exact flow of Gaussian data, beside
+Euler's and Heun's, and its statelessness and callback: test_scheduler.py)."""
 
 import math
 
@@ -9,42 +10,11 @@ from conftest import SD15_SCHEDULE, SIGMA_TABLE, DummyEps, sd15_denoiser
 from diffusers import DPMSolverMultistepScheduler
 from torch.testing import assert_close
 
-from minsd.denoiser import t_to_sigma
+from minsd.denoiser import t_to_sigma, vp_coefficients
 from minsd.scheduler import get_sigmas, karras_sigmas, sample_dpmpp_2m, sample_euler
-from minsd.toy import GaussianMixture, example_mixture, loglog_slope
+from minsd.toy import example_mixture, loglog_slope
 
-# -- Order of convergence on the toy data --------------------------------------------------------
-
-
-def test_order_two_on_one_blob_against_the_exact_flow():
-    """One Gaussian blob N(mu, s^2 I) has the exact flow x(sigma) - mu =
-    (x(sigma_max) - mu) sqrt((s^2 + sigma^2) /
-    (s^2 + sigma_max^2)) (test_toy.py). DPM++ 2M's error falls as N^-2; Euler's, for
-    contrast, as N^-1."""
-    mu, s, sigma_max = torch.tensor([1.0, -0.5], dtype=torch.float64), 0.4, 10.0
-    blob = GaussianMixture(means=[mu.tolist()], stds=[s])
-    x = sigma_max * torch.randn(
-        32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
-    )
-    exact = mu + (x - mu) * math.sqrt(s**2 / (s**2 + sigma_max**2))
-    # From 16 steps on the error is in its asymptotic regime (4 -> 8 steps it
-    # still grows); at 256 it is ~1e-4, far above the float32 state's ~1e-6.
-    steps = [16, 32, 64, 128, 256]
-    slopes = {}
-    for name, sampler in [("dpmpp_2m", sample_dpmpp_2m), ("euler", sample_euler)]:
-        errors = []
-        for n in steps:
-            # n steps, the last down to exactly 0
-            sigmas = karras_sigmas(n + 1, 0.0, sigma_max)
-            errors.append(
-                (sampler(blob, x, sigmas).double() - exact).norm(dim=1).mean().item()
-            )
-        slopes[name] = loglog_slope(steps, errors)
-        print(
-            f"one blob, {name}: errors {[f'{e:.2e}' for e in errors]} at N = {steps}, slope {slopes[name]:.3f}"
-        )
-    assert -2.3 < slopes["dpmpp_2m"] < -1.7
-    assert -1.2 < slopes["euler"] < -0.8
+# -- Order of convergence on the toy mixture ------------------------------------------------------
 
 
 def runge_kutta_flow(
@@ -72,9 +42,8 @@ def runge_kutta_flow(
 
 def test_order_two_on_the_mixture_against_runge_kutta():
     """The three-blob mixture, whose D is nonlinear in x, from sigma = 10 to 0.02 (a
-    schedule that does not end in 0,
-    so every step after the first is second order): the error against a fine
-    Runge-Kutta solution falls as N^-2."""
+    schedule that does not end in 0, so every step after the first is second order): the
+    error against a fine Runge-Kutta solution falls as N^-2."""
     mixture, sigma_max, sigma_min = example_mixture(), 10.0, 0.02
     x = sigma_max * torch.randn(
         32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
@@ -102,9 +71,11 @@ def test_order_two_on_the_mixture_against_runge_kutta():
 
 
 # -- Against diffusers' DPMSolverMultistepScheduler ---------------------------------------------
-# diffusers' state is VP: x_t = alpha_t x with alpha_t = 1 / sqrt(sigma^2 + 1), its x_T = noise (init_noise_sigma = 1),
-# and it calls the model on x_t itself (scale_model_input is the identity). minsd's state is x = x_t / alpha_t, and its
-# Denoiser calls the model on c_in x = x_t at t = sigma^-1(sigma). At sigma = 0 the two states coincide.
+# diffusers' state is VP: x_t = alpha_t x with alpha_t = 1 / sqrt(sigma^2 + 1) = c_in,
+# its x_T = noise (init_noise_sigma = 1), and it calls the model on x_t itself
+# (scale_model_input is the identity). minsd's state is x = x_t / c_in, and its Denoiser
+# calls the model on c_in x = x_t at t = sigma^-1(sigma). At sigma = 0 the two states
+# coincide.
 
 
 def dpm_scheduler(karras: bool = False, **config) -> DPMSolverMultistepScheduler:
@@ -124,9 +95,8 @@ def dpm_scheduler(karras: bool = False, **config) -> DPMSolverMultistepScheduler
 def diffusers_states(
     scheduler: DPMSolverMultistepScheduler, n: int, noise: torch.Tensor, eps_model
 ) -> torch.Tensor:
-    """diffusers' loop (scale_model_input, the model at the scheduler's timestep,
-    step): its VP state before every
-    step and after the last, (n + 1, *noise.shape)."""
+    """diffusers' loop (scale_model_input, the model at the scheduler's timestep, step):
+    its VP state before every step and after the last, (n + 1, *noise.shape)."""
     scheduler.set_timesteps(n)
     assert scheduler.init_noise_sigma == 1.0
     x = noise * scheduler.init_noise_sigma  # x_T
@@ -141,12 +111,12 @@ def diffusers_states(
 def minsd_states(
     sampler_calls: list[torch.Tensor], noise: torch.Tensor, eps_model
 ) -> torch.Tensor:
-    """sample_dpmpp_2m from the same x_T, x = x_T / alpha = x_T sqrt(sigma_0^2 + 1),
-    called once per schedule in
-    sampler_calls (each starts where the last ended): its states in diffusers' VP
-    form, like diffusers_states."""
+    """sample_dpmpp_2m from the same x_T, x = x_T / c_in(sigma_0), called once per
+    schedule in sampler_calls (each starts where the last ended): its states in
+    diffusers' VP form x_t = c_in x, like diffusers_states."""
     denoiser = sd15_denoiser(eps_model)
-    x = noise * (sampler_calls[0][0] ** 2 + 1).sqrt().float()
+    _, _, c_in_0, _ = vp_coefficients(sampler_calls[0][0], SIGMA_TABLE)
+    x = noise / c_in_0.float()
     states = []
     for sigmas in sampler_calls:
         seen = []
@@ -157,28 +127,27 @@ def minsd_states(
     visited = torch.cat(
         [sigmas[:-1] for sigmas in sampler_calls] + [sampler_calls[-1][-1:]]
     )
+    _, _, c_in, _ = vp_coefficients(visited, SIGMA_TABLE)
     # (n + 1, 1, 1, 1, 1)
-    alpha = (1 / (visited**2 + 1).sqrt()).float().reshape(-1, *[1] * noise.dim())
-    return torch.stack(states) * alpha  # x_t = alpha_t x
+    c_in = c_in.float().reshape(-1, *[1] * noise.dim())
+    return torch.stack(states) * c_in  # x_t = c_in x
 
 
 def float32_bound(n: int, states: torch.Tensor) -> float:
-    """How far two float32 loops that round differently may drift apart in n steps:
-    2 eps max|x| per step (four unit roundoffs of the largest entry), added up. Each
-    step rounds about five x-sized products and sums on each side, in diffusers' VP
-    form and in minsd's; and this flow hardly amplifies a perturbation (for DummyEps
-    a change of x_T
-    moves the result by at most ~1.5x as much), so the drift grows about linearly in
+    """How far two float32 loops that round differently may drift apart in n steps: 2
+    eps max|x| per step (four unit roundoffs of the largest entry), added up. Each step
+    rounds about five x-sized products and sums on each side, in diffusers' VP form and
+    in minsd's; and this flow hardly amplifies a perturbation (for DummyEps a change of
+    x_T moves the result by at most ~1.5x as much), so the drift grows about linearly in
     n."""
     return 2 * n * torch.finfo(torch.float32).eps * states.abs().max().item()
 
 
 class WholeStepEps(DummyEps):
-    """DummyEps read at the nearest whole training step. diffusers' DPM scheduler
-    rounds the timesteps of Karras sigmas to whole steps, minsd's Denoiser hands the
-    model the fractional t = sigma^-1(sigma) (as diffusers' Euler
-    scheduler does); for this model the two are the same, which leaves the solvers
-    to compare."""
+    """DummyEps read at the nearest whole training step. diffusers' DPM scheduler rounds
+    the timesteps of Karras sigmas to whole steps, minsd's Denoiser hands the model the
+    fractional t = sigma^-1(sigma) (as diffusers' Euler scheduler does); for this model
+    the two are the same, which leaves the solvers to compare."""
 
     def forward(self, x, t, context=None):
         return super().forward(
@@ -189,12 +158,11 @@ class WholeStepEps(DummyEps):
 @pytest.mark.parametrize("n", [1, 2, 5, 10, 14, 15, 25, 50])
 @pytest.mark.parametrize("karras", [False, True], ids=["linspace", "karras"])
 def test_matches_diffusers_step_for_step(karras, n):
-    """sample_dpmpp_2m equals diffusers' loop at every step, driven by the same
-    noise and eps-model, on diffusers' own schedule. minsd takes scheduler.sigmas:
-    diffusers' DPM 'linspace' visits the whole steps round(999 (N - i) / N), neither
-    minsd's nor diffusers' Euler linspace, and its Karras sigma_min comes from a
-    float32 table, 1.3e-5
-    off minsd's; both are checked against minsd's schedule functions here."""
+    """sample_dpmpp_2m equals diffusers' loop at every step, driven by the same noise
+    and eps-model, on diffusers' own schedule. minsd takes scheduler.sigmas: diffusers'
+    DPM 'linspace' visits the whole steps round(999 (N - i) / N), neither minsd's nor
+    diffusers' Euler linspace, and its Karras sigma_min comes from a float32 table,
+    1.3e-5 off minsd's; both are checked against minsd's schedule functions here."""
     torch.manual_seed(0)
     noise = torch.randn(2, 4, 8, 8)
     # lower_order_final=True, final_sigmas_type="zero": diffusers' defaults
@@ -249,10 +217,9 @@ def test_lower_order_final_and_euler_at_final_change_nothing_on_a_schedule_endin
     n,
 ):
     """With final_sigmas_type="zero", diffusers' last step is first order whatever
-    lower_order_final and euler_at_final say, and lower_order_final's other effect
-    (at most second order at the second-to-last step) only matters for order 3: for
-    order 2 the four settings agree bit for bit, below and above its 15-step
-    threshold, and
+    lower_order_final and euler_at_final say, and lower_order_final's other effect (at
+    most second order at the second-to-last step) only matters for order 3: for order 2
+    the four settings agree bit for bit, below and above its 15-step threshold, and
     equal minsd."""
     torch.manual_seed(0)
     noise = torch.randn(2, 4, 8, 8)
@@ -275,13 +242,12 @@ def test_lower_order_final_and_euler_at_final_change_nothing_on_a_schedule_endin
 
 @pytest.mark.parametrize("n", [10, 20])
 def test_final_sigmas_type_sigma_min(n):
-    """final_sigmas_type="sigma_min" ends the schedule at the table's sigma_min =
-    0.0292 instead of 0, so the last step is an ordinary one and diffusers'
-    lower_order_final (below 15 steps) or euler_at_final makes it first order.
-    minsd, given the same sigmas, keeps it second order (as diffusers does from 15
-    steps, or with both flags off); a
-    first-order last step is a fresh call for it: sample_dpmpp_2m(sigmas[:-1]), then
-    sample_dpmpp_2m(sigmas[-2:])."""
+    """final_sigmas_type="sigma_min" ends the schedule at the table's sigma_min = 0.0292
+    instead of 0, so the last step is an ordinary one and diffusers' lower_order_final
+    (below 15 steps) or euler_at_final makes it first order. minsd, given the same
+    sigmas, keeps it second order (as diffusers does from 15 steps, or with both flags
+    off); a first-order last step is a fresh call for it: sample_dpmpp_2m(sigmas[:-1]),
+    then sample_dpmpp_2m(sigmas[-2:])."""
     torch.manual_seed(0)
     noise = torch.randn(2, 4, 8, 8)
     scheduler = dpm_scheduler(final_sigmas_type="sigma_min")
@@ -331,8 +297,7 @@ def test_final_sigmas_type_sigma_min(n):
 
 def test_first_step_is_euler_and_a_step_to_0_returns_the_denoiser():
     """With no earlier denoised value a step is first order, DDIM, which on sigma is
-    exactly Euler's step; a step to
-    sigma = 0 (t = inf) lands on D(x; sigma) itself."""
+    exactly Euler's step; a step to sigma = 0 (t = inf) lands on D(x; sigma) itself."""
     denoiser = sd15_denoiser(DummyEps())
     sigmas = get_sigmas(SIGMA_TABLE, 8, "karras")
     x = (
@@ -350,26 +315,3 @@ def test_first_step_is_euler_and_a_step_to_0_returns_the_denoiser():
     seen = []
     result = sample_dpmpp_2m(denoiser, x, sigmas, callback=seen.append)
     assert torch.equal(result, seen[-1]["denoised"])
-
-
-def test_stateless_and_calls_back_every_step():
-    """Calling again gives the same answer, whatever ran in between; the callback sees
-    each of the N steps once."""
-    denoiser = sd15_denoiser(DummyEps())
-    sigmas = get_sigmas(SIGMA_TABLE, 10)
-    x = (
-        torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-        * sigmas[0].float()
-    )
-    seen = []
-    first = sample_dpmpp_2m(denoiser, x, sigmas, callback=seen.append)
-    sample_dpmpp_2m(denoiser, x, get_sigmas(SIGMA_TABLE, 5, "karras"))
-    assert torch.equal(sample_dpmpp_2m(denoiser, x, sigmas), first)
-    assert [step["i"] for step in seen] == list(range(10))
-    assert all(
-        set(step) == {"i", "sigma", "sigma_next", "x", "denoised"} for step in seen
-    )
-    # float64, CPU
-    assert torch.equal(torch.stack([step["sigma"] for step in seen]), sigmas[:-1])
-    assert torch.equal(torch.stack([step["sigma_next"] for step in seen]), sigmas[1:])
-    assert torch.isfinite(first).all()

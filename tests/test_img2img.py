@@ -79,10 +79,9 @@ def pipe_pixels(image: Image.Image) -> np.ndarray:
 
 
 def test_small_strength_keeps_the_image_and_large_follows_the_prompt(pipe):
-    """Without guidance, at strength 0.2 the red circle stays red; at 0.7 the
-    prompt's blue has taken over
-    (measured on the mean colour of the picture's middle; the two checks fail if
-    strength does nothing)."""
+    """Without guidance, at strength 0.2 the red circle stays red; at 0.7 the prompt's
+    blue has taken over (measured on the mean colour of the picture's middle; the two
+    checks fail if strength does nothing)."""
 
     def middle_colour(strength: float) -> torch.Tensor:
         result = pipe(

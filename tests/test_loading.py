@@ -6,12 +6,15 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY_UNET_CONFIGS, diffusers_unet
+from conftest import TINY_UNET_CONFIGS, diffusers_unet, randomize
 from safetensors.torch import save_file
 from torch.testing import assert_close
 
 from minsd import load_pipeline
-from minsd.loading import WEIGHTS_ENV, check_layout, load_unet
+from minsd.configs import check_layout, unet_config_from_diffusers
+from minsd.loading import load_unet
+from minsd.unet import UNet
+from minsd.weights import WEIGHTS_ENV
 
 
 def copy_folder(src, tmp_path):
@@ -32,6 +35,44 @@ def test_loaded_unet_is_the_saved_one(tiny_folder, tiny_reference):
         assert_close(
             unet(x, t, context),
             tiny_reference.unet(x, t, context).sample,
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+
+def test_a_unet_built_in_python_reads_as_its_config_json():
+    """The .config of a diffusers UNet built in Python (tuples, no _class_name) gives
+    the UNetConfig its config.json gives; minsd's UNet built from it takes that model's
+    weights strictly and computes its output."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    reference = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64, 64, 96),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        attention_head_dim=4,
+        cross_attention_dim=24,
+        norm_num_groups=8,
+    ).eval()
+    randomize(reference)
+    assert isinstance(reference.config.block_out_channels, tuple)
+    config = unet_config_from_diffusers(reference.config)
+    assert config == unet_config_from_diffusers(json.loads(reference.to_json_string()))
+    assert (config.block_out_channels, config.num_heads) == ((32, 64, 64, 96), 4)
+    unet = UNet(config).eval()
+    unet.load_state_dict(reference.state_dict(), strict=True)
+    x, t, context = (
+        torch.randn(2, 4, 8, 8),
+        torch.tensor([3.0, 700.0]),
+        torch.randn(2, 5, 24),
+    )
+    with torch.no_grad():
+        assert_close(
+            unet(x, t, context),
+            reference(x, t, context).sample,
             rtol=1e-5,
             atol=1e-5,
         )

@@ -27,13 +27,6 @@ from minsd.scheduler import (
 from minsd.unet import UNetConfig
 
 
-def test_a_meta_tensor_cannot_be_read():
-    """The premise: reading a meta tensor's value fails, as a sync on a GPU would
-    cost."""
-    with pytest.raises((RuntimeError, NotImplementedError)):
-        bool(torch.empty((), device="meta") == 0)
-
-
 @pytest.mark.parametrize(
     "sampler",
     [
@@ -46,6 +39,8 @@ def test_a_meta_tensor_cannot_be_read():
     ids=lambda f: f.__name__,
 )
 def test_sampling_loop_reads_no_device_values(sampler):
+    """A guided SD 1.5 loop with its UNet on the meta device runs to the end: no step
+    reads the value of a tensor on the model's device."""
     # SD 1.5, 512 px
     unet, x, _, context = meta_unet(UNetConfig(), latent_size=64, n_tokens=77)
     denoiser = CFGDenoiser(

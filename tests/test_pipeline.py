@@ -4,13 +4,10 @@ tiny components."""
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_UNET_CONFIGS
 from torch.testing import assert_close
 
 from minsd import load_pipeline
-from minsd.pipeline import recommended_num_threads
 from minsd.preview import latents_to_rgb
-from minsd.unet import UNet, UNetConfig
 
 SIZE = dict(height=64, width=64)
 
@@ -199,21 +196,10 @@ def test_euler_ancestral_matches_diffusers(pipe, tiny_reference):
     assert (deterministic.pixels - expected).abs().max() > 1e-2
 
 
-def test_recommended_num_threads():
-    """One thread for a small UNet (overhead-bound), torch's default for one of SD 1.5's
-    size."""
-    small = UNet(TINY_UNET_CONFIGS["tiny-a"])
-    with torch.device("meta"):  # SD 1.5's 860 M parameters, with no memory behind them
-        large = UNet(UNetConfig())
-    assert recommended_num_threads(small) == 1
-    assert recommended_num_threads(large) == torch.get_num_threads()
-
-
 def test_seed_and_batch_rule(pipe):
-    """The generate docstring's rule: image k starts from slice k of one (B, C, h,
-    w) draw, so two images
-    of one prompt differ; slice 0 is the same alone and in a batch when 16 divides
-    C*h*w, and not otherwise."""
+    """README's "Seeds and batches": image k starts from slice k of one (B, C, h, w)
+    draw, so two images of one prompt differ; slice 0 is the same alone and in a batch
+    when 16 divides C*h*w, and not otherwise."""
     prompts = ["a red circle", "a blue square"]
 
     def start(prompt: str | list[str], size: int, num_images: int = 1) -> torch.Tensor:

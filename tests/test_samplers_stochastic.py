@@ -8,6 +8,7 @@ from conftest import (
     SIGMA_TABLE,
     DummyEps,
     euler_ancestral_scheduler,
+    one_blob_flow,
     sd15_denoiser,
 )
 from torch.testing import assert_close
@@ -20,20 +21,11 @@ from minsd.scheduler import (
     sample_heun,
     sample_heun_churn,
 )
+from minsd.toy import GaussianMixture
 
 
 def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(seed)
-
-
-def gaussian_denoiser(mu: float, s: float):
-    """Exact D(x; sigma) = E[x0 | x] for data x0 ~ N(mu, s^2 I): mu + s^2 / (s^2 +
-    sigma^2) (x - mu)."""
-
-    def denoiser(x, sigma):
-        return mu + s**2 / (s**2 + sigma**2) * (x - mu)
-
-    return denoiser
 
 
 @pytest.mark.parametrize(
@@ -176,30 +168,30 @@ def test_same_generator_same_sample(name):
 
 @pytest.mark.parametrize("name", ["euler", "ancestral", "churn"])
 def test_gaussian_data_is_sampled_exactly(name):
-    """On x0 ~ N(mu, s^2), every correct sampler ends with mean mu and standard
+    """On data y ~ N(mu, s^2 I), every correct sampler ends with mean mu and standard
     deviation s.
 
-    The ODE sampler maps each start deterministically (x_N -> mu + s (x_N - mu) /
-    sqrt(s^2 + sigma_0^2)); the stochastic ones reach the same distribution by
-    another route, so each sample differs.
+    The ODE sampler maps each start deterministically (one_blob_flow: x_0 -> mu + s
+    (x_0 - mu) / sqrt(s^2 + sigma_0^2)); the stochastic ones reach the same
+    distribution by another route, so each sample differs.
     """
     mu, s = 0.7, 0.5
-    denoiser = gaussian_denoiser(mu, s)
+    blob = GaussianMixture(means=[[mu, mu]], stds=[s])  # D(x; sigma) = E[y | x]
     sigmas = get_sigmas(SIGMA_TABLE, 200, "karras")
     sigma_0 = sigmas[0].item()
-    # 40,000 independent coordinates
-    start = torch.randn(1, 1, 200, 200, generator=seeded(0))
+    # 40,000 independent coordinates, as 20,000 points of the plane
+    start = torch.randn(20_000, 2, generator=seeded(0))
     x = mu + (s**2 + sigma_0**2) ** 0.5 * start  # exactly p(x; sigma_0)
     if name == "euler":
-        out = sample_euler(denoiser, x, sigmas)
+        out = sample_euler(blob, x, sigmas)
     elif name == "ancestral":
-        out = sample_euler_ancestral(denoiser, x, sigmas, generator=seeded(1))
+        out = sample_euler_ancestral(blob, x, sigmas, generator=seeded(1))
     else:
-        out = sample_heun_churn(denoiser, x, sigmas, generator=seeded(1), s_churn=40.0)
+        out = sample_heun_churn(blob, x, sigmas, generator=seeded(1), s_churn=40.0)
     # 4 standard errors (s / 200 = 0.0025)
     assert out.mean().item() == pytest.approx(mu, abs=0.01)
     assert out.std().item() == pytest.approx(s, rel=0.02)
-    ode_answer = mu + s * start
+    ode_answer = one_blob_flow(blob, x, sigma_0).float()  # mu + s start
     correlation = torch.corrcoef(torch.stack([out.flatten(), ode_answer.flatten()]))[
         0, 1
     ].item()

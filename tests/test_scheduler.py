@@ -1,5 +1,6 @@
-"""Schedules and the deterministic samplers against diffusers' EulerDiscreteScheduler
-and the paper's formulas."""
+"""Schedules and the deterministic samplers against diffusers' EulerDiscreteScheduler,
+the paper's formulas and the exact flow of Gaussian data: every sampler's order of
+convergence."""
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from conftest import (
     DummyEps,
     diffusers_schedule,
     euler_scheduler,
+    one_blob_flow,
     sd15_denoiser,
 )
 from torch.testing import assert_close
@@ -16,12 +18,14 @@ from minsd.denoiser import sigma_to_t
 from minsd.scheduler import (
     get_sigmas,
     karras_sigmas,
+    sample_dpmpp_2m,
     sample_euler,
     sample_euler_ancestral,
     sample_heun,
     sample_heun_churn,
     spaced_timesteps,
 )
+from minsd.toy import GaussianMixture, loglog_slope
 
 # Where diffusers' trailing spacing builds t with np.arange's accumulated float steps,
 # minsd computes t = round(M (N - i) / N) - 1 exactly: N = 48 and 96 hit exact ties
@@ -145,7 +149,45 @@ def test_euler_loop_matches_diffusers(spacing, n):
     assert_close(x, x_ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler", [sample_euler, sample_heun], ids=["euler", "heun"])
+# (sampler, its order p, step counts N, how far the slope may be from -p). Euler and
+# Heun from 8 steps; DPM++ 2M from 16, where its error is in its asymptotic regime
+# (from 4 to 8 steps it still grows); at 256 steps its error is ~1e-4, far above the
+# float32 state's ~1e-6. Euler over the same range as DPM++ 2M, for contrast.
+ORDERS = [
+    pytest.param(sample_euler, 1, [8, 16, 32, 64], 0.25, id="euler-8-64"),
+    pytest.param(sample_heun, 2, [8, 16, 32, 64], 0.25, id="heun-8-64"),
+    pytest.param(sample_dpmpp_2m, 2, [16, 32, 64, 128, 256], 0.3, id="dpmpp_2m-16-256"),
+    pytest.param(sample_euler, 1, [16, 32, 64, 128, 256], 0.2, id="euler-16-256"),
+]
+
+
+@pytest.mark.parametrize(("sampler", "order", "steps", "tolerance"), ORDERS)
+def test_order_of_convergence_against_the_exact_flow(sampler, order, steps, tolerance):
+    """On one Gaussian blob N(mu, s^2 I), whose flow is known exactly (one_blob_flow),
+    a sampler of order p ends at an error that falls as N^-p: Euler 1, Heun 2,
+    DPM-Solver++(2M) 2."""
+    sigma_max = 10.0
+    blob = GaussianMixture(means=[[1.0, -0.5]], stds=[0.4])
+    x = sigma_max * torch.randn(
+        32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    exact = one_blob_flow(blob, x, sigma_max)
+    errors = []
+    for n in steps:
+        # n steps, the last down to exactly 0
+        sigmas = karras_sigmas(n + 1, 0.0, sigma_max)
+        errors.append(
+            (sampler(blob, x, sigmas).double() - exact).norm(dim=1).mean().item()
+        )
+    slope = loglog_slope(steps, errors)
+    print(f"errors {[f'{e:.2e}' for e in errors]} at N = {steps}, slope {slope:.3f}")
+    assert abs(slope + order) < tolerance
+
+
+SAMPLERS = [sample_euler, sample_heun, sample_dpmpp_2m]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS, ids=lambda f: f.__name__)
 def test_sampler_is_stateless(sampler):
     """Calling a sampler again gives the same answer, whatever ran in between (no
     set_timesteps to forget)."""
@@ -155,6 +197,7 @@ def test_sampler_is_stateless(sampler):
     first = sampler(denoiser, x, sigmas)
     sampler(denoiser, x, get_sigmas(SIGMA_TABLE, 5, "karras"))
     assert torch.equal(sampler(denoiser, x, sigmas), first)
+    assert torch.isfinite(first).all()
 
 
 @pytest.mark.parametrize(
@@ -162,10 +205,11 @@ def test_sampler_is_stateless(sampler):
     [
         (sample_euler, False),
         (sample_heun, False),
+        (sample_dpmpp_2m, False),
         (sample_euler_ancestral, True),
         (sample_heun_churn, True),
     ],
-    ids=["euler", "heun", "euler_ancestral", "heun_churn"],
+    ids=["euler", "heun", "dpmpp_2m", "euler_ancestral", "heun_churn"],
 )
 def test_callback_sees_every_step(sampler, stochastic):
     """Every sampler calls back once a step with {i, sigma, sigma_next, x, denoised}:

@@ -1,14 +1,27 @@
-"""The training command runs end to end (a few steps) and writes a folder minsd
-loads."""
+"""The training command runs end to end (a few steps) and writes a folder minsd loads;
+the shipped model's recorded command lines still parse to the settings it records."""
 
 import gzip
 import json
+import shlex
+from dataclasses import asdict
+from types import SimpleNamespace
 
+import pytest
 import torch
 from conftest import TINY_MERGES
 
 from minsd import load_pipeline
-from minsd.train import main as train
+from minsd.loading import DEFAULT_MODEL
+from minsd.train import (
+    EMA_DECAY,
+    TrainConfig,
+    main,
+    parse_args,
+    train_briefly,
+    train_unet,
+)
+from minsd.unet import UNet, UNetConfig
 
 
 def test_training_smoke(tmp_path):
@@ -23,7 +36,7 @@ def test_training_smoke(tmp_path):
     )
     out = tmp_path / "model"
     common = ["--train-images", "64", "--unet-batch", "4", "--device", "cpu"]
-    train(
+    main(
         [
             "--out",
             str(out),
@@ -40,12 +53,14 @@ def test_training_smoke(tmp_path):
     )
     record = json.loads((out / "training.json").read_text())
     assert record["vae_steps"] == 2 and record["unet_steps"] == 2
+    # every setting is recorded, as the command line gave it
+    assert record["args"]["unet_batch"] == "4" and record["args"]["device"] == "cpu"
     # one window of the 2 steps, with its mean loss
     assert [step for step, _ in record["unet_loss_curve"]] == [2]
     # (4, 3) latent -> RGB
     assert len(json.loads((out / "vae" / "preview_factors.json").read_text())) == 4
 
-    train(
+    main(
         [
             "--out",
             str(tmp_path / "resumed"),
@@ -66,19 +81,111 @@ def test_training_smoke(tmp_path):
     assert result.pixels.shape == (1, 3, 32, 32) and torch.isfinite(result.pixels).all()
 
 
+def test_recorded_commands_parse_to_recorded_settings():
+    """The two command lines in the shipped model's training.json parse, with today's
+    CLI, into the settings that the runs recorded; its recipe takes the steps they
+    took."""
+    record = json.loads((DEFAULT_MODEL / "training.json").read_text())
+    runs = [record["resumed_from"], record]  # in the order they ran
+    defaults = TrainConfig()
+    for run in runs:
+        config = parse_args(shlex.split(run["command"])[3:])  # after -m minsd.train
+        recorded = dict(run["args"])
+        # Neither run named --device: the default, CUDA, on the GPU they recorded.
+        assert config.device is None
+        assert recorded.pop("device") == "cuda" and "NVIDIA" in run["device"]
+        parsed = {k: str(v) for k, v in asdict(config).items() if k in recorded}
+        assert parsed == recorded
+        # the first run predates --unet-stop and --resume: they are at their defaults
+        for name in asdict(config).keys() - recorded.keys() - {"device"}:
+            assert getattr(config, name) == getattr(defaults, name), name
+
+    same = ["seed", "train_images", "vae_steps", "vae_batch", "unet_steps"]
+    same += ["unet_batch", "lr", "model_max_length"]
+    for line, run in zip(record["recipe"], runs):
+        config = parse_args(shlex.split(line)[3:])
+        assert (config.unet_stop or config.unet_steps) == run["unet_steps"]
+        assert {k: str(getattr(config, k)) for k in same} == {
+            k: run["args"][k] for k in same
+        }
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("unet_batch", 0, "unet_batch must be a positive integer, got 0"),
+        ("train_images", 2.5, "train_images must be a positive integer, got 2.5"),
+        ("unet_stop", 7001, r"from 1 to unet_steps \(6000\), got 7001"),
+        ("lr", -1e-3, "lr must be >= 0, got -0.001"),
+        ("max_minutes", 0, "max_minutes must be None or > 0, got 0"),
+    ],
+)
+def test_config_refuses_bad_settings(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_ema_is_the_unrolled_average():
+    """train_unet's moving average equals the closed form of eq. (train-ema) over the
+    weights after each step: beta^n theta_0 + (1 - beta) sum_k beta^(n-k) theta_k."""
+    config = UNetConfig(
+        sample_size=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        num_heads=2,
+        cross_attention_dim=8,
+        norm_num_groups=4,
+    )
+    torch.manual_seed(0)
+    unet = UNet(config)
+
+    class Encoder(torch.nn.Module):
+        """Stands in for CLIP: token ids (B, T) -> last_hidden_state (B, T, 8)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Embedding(10, 8)
+
+        def forward(self, ids):
+            return SimpleNamespace(last_hidden_state=self.table(ids))
+
+    encoder = Encoder()
+    params = list(unet.parameters()) + list(encoder.parameters())
+    weights = [[p.detach().double().clone() for p in params]]  # theta_0, theta_1, ...
+    n = 3
+    _, ema = train_unet(
+        unet,
+        encoder,
+        torch.randn(16, 4, 4, 4),
+        torch.randint(0, 10, (16, 5)),
+        torch.zeros(1, 5, dtype=torch.long),
+        TrainConfig(unet_steps=n, unet_batch=4, lr=1e-2),
+        callback=lambda step: weights.append(
+            [p.detach().double().clone() for p in params]
+        ),
+        progress=False,
+    )
+    beta = EMA_DECAY
+    for i, average in enumerate(ema):
+        expected = beta**n * weights[0][i] + (1 - beta) * sum(
+            beta ** (n - k) * weights[k][i] for k in range(1, n + 1)
+        )
+        torch.testing.assert_close(average.double(), expected, rtol=0, atol=1e-6)
+    # the weights moved, so the test can tell the average from the start or the end
+    assert any(not torch.equal(a, b) for a, b in zip(weights[0], weights[-1]))
+
+
 def test_train_briefly_stops_keeps_checkpoints_and_learns():
     """The book's live run: a step cap ends it, it keeps the untrained UNet, one per
-    checkpoint fraction and
-    the last; two runs with one seed learn the same weights; the loss falls; the
-    pipeline is untouched."""
-    from minsd.train import train_briefly
-
+    checkpoint fraction and the last; two runs with one seed learn the same weights;
+    the loss falls; the pipeline is untouched."""
     pipe = load_pipeline(device="cpu")
     before = [p.clone() for p in pipe.text_encoder.parameters()]
-    first = train_briefly(pipe, seconds=600, steps=8, n_images=64, batch=8)
-    second = train_briefly(pipe, seconds=600, steps=8, n_images=64, batch=8)
-    # 0, 1/8, 1/4, 1/2 of 8, the end
-    assert [steps for steps, _, _ in first.checkpoints] == [0, 1, 2, 4, 8]
+    config = TrainConfig(train_images=64, unet_steps=8, unet_batch=8, lr=2e-3)
+    first = train_briefly(pipe, config)
+    second = train_briefly(pipe, config)
+    # 0, 1/4 and 1/2 of 8, the end
+    assert [steps for steps, _, _ in first.checkpoints] == [0, 2, 4, 8]
     assert len(first.losses) == 8 and first.losses[-1] < first.losses[0]
     final_first, final_second = first.checkpoints[-1][2], second.checkpoints[-1][2]
     assert all(
