@@ -1,0 +1,253 @@
+"""The default model for the reader's browser: ONNX files and the data the book's live
+widgets read.
+
+The rendered book samples with minsd's default model in the page, with ONNX Runtime Web
+(WebAssembly) and a JavaScript sampler that mirrors scheduler.py (book/live/). The page
+runs three networks, exported here from minsd's own modules with fixed shapes:
+
+    unet.onnx         F_theta(x, t, context): x (2, C, h, w), t (2,), context (2, T, D);
+                      batch 2 = the unconditional and the conditional half of guidance
+    vae_decoder.onnx  pipe.decode: latents (1, C, h, w) -> pixels (1, 3, H, W) in [0, 1]
+    vae_encoder.onnx  pipe.encode: pixels (1, 3, H, W) in [0, 1] -> latents (1, C, h, w)
+
+Each is run with onnxruntime beside PyTorch before it is written, and `export` raises
+if any output differs by more than 1e-4. Everything the page needs besides is computed
+here as `generate` computes it: the text embedding of every caption of the default
+model's vocabulary and of the empty prompt (the page runs no text encoder), and the
+starting noise n of every seed the page offers, drawn from torch's CPU generator.
+
+Every file is written as a classic script that stores its contents in
+`globalThis.minsdLiveFiles[name]` (bytes as base64): Chromium refuses to fetch files or
+import modules from a page opened from disk (file://), but runs classic scripts, so
+one loading path serves both a file and a server.
+"""
+
+import base64
+import io
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .dataset import BACKGROUNDS, COLOURS, SHAPES, all_captions
+from .loading import DEFAULT_MODEL, load_pipeline
+from .pipeline import StableDiffusion
+
+# The largest difference allowed between onnxruntime's output and PyTorch's.
+PARITY_TOLERANCE = 1e-4
+# The seeds whose starting noise the page can use: 0 .. NUM_SEEDS - 1.
+NUM_SEEDS = 100
+OPSET = 17
+# The names of the files `export` writes (each as NAME.js).
+NETWORKS = ("unet.onnx", "vae_decoder.onnx", "vae_encoder.onnx")
+DATA = "data.json"
+# From the npm package onnxruntime-web (its dist/ folder): the WebAssembly build as one
+# ES module with its loader built in, and the binary it runs.
+RUNTIME = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm")
+SCRIPT_START = "(globalThis.minsdLiveFiles ??= {})"
+
+
+class ParityError(RuntimeError):
+    """An exported network differs from PyTorch by more than PARITY_TOLERANCE."""
+
+
+class Decoder(nn.Module):
+    """pipe.decode as one module: latents (B, C, h, w) -> pixels (B, 3, H, W) in
+    [0, 1]."""
+
+    def __init__(self, pipe: StableDiffusion) -> None:
+        super().__init__()
+        self.vae, self.scaling_factor = pipe.vae, pipe.vae.config.scaling_factor
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        pixels = self.vae.decode(latents / self.scaling_factor).sample
+        return (pixels / 2 + 0.5).clamp(0, 1)
+
+
+class Encoder(nn.Module):
+    """pipe.encode as one module: pixels (B, 3, H, W) in [0, 1] -> the posterior mean
+    times the scaling factor, (B, C, h, w)."""
+
+    def __init__(self, pipe: StableDiffusion) -> None:
+        super().__init__()
+        self.vae, self.scaling_factor = pipe.vae, pipe.vae.config.scaling_factor
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        posterior = self.vae.encode(pixels * 2 - 1).latent_dist
+        return posterior.mean * self.scaling_factor
+
+
+def export(out: Path, num_seeds: int = NUM_SEEDS) -> dict:
+    """Write the page's files into `out` (created if needed) and return the parity
+    report: {network: max |onnxruntime - PyTorch|}.
+
+    Always the default model, whatever $MINSD_WEIGHTS says: SD 1.5 is far too large
+    for a page. Raises ParityError if an exported network differs from PyTorch by more
+    than PARITY_TOLERANCE.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        pipe = load_pipeline(DEFAULT_MODEL, device="cpu", dtype=torch.float32)
+        prompts = ["", *all_captions()]  # the empty prompt first: guidance's uncond
+        embeddings = pipe.encode_prompts(prompts)  # (1 + 24, T, D)
+        parity = {}
+        for name, module, inputs, output, reference in networks(pipe, embeddings):
+            onnx_bytes = to_onnx(module, inputs, output)
+            parity[name] = max_difference(onnx_bytes, inputs, reference)
+            if parity[name] > PARITY_TOLERANCE:
+                raise ParityError(
+                    f"{name}: onnxruntime differs from PyTorch by {parity[name]:.3g}, "
+                    f"more than {PARITY_TOLERANCE:g}"
+                )
+            write_script(out / f"{name}.js", name, base64_text(onnx_bytes))
+        data = page_data(pipe, prompts, embeddings, num_seeds, parity)
+        write_script(out / f"{DATA}.js", DATA, data)
+    return parity
+
+
+def networks(pipe: StableDiffusion, embeddings: torch.Tensor) -> list[tuple]:
+    """(file name, module, inputs, output name, reference) for each network: inputs
+    like the page's, named as the ONNX file names them; the reference is the
+    package's own function that the file must equal."""
+    channels, size = pipe.unet.config.in_channels, pipe.unet.config.sample_size
+    generator = torch.Generator("cpu").manual_seed(0)
+    sigma = torch.tensor([14.6, 0.9], dtype=torch.float64)  # one high, one low level
+    noise = torch.randn(2, channels, size, size, generator=generator)
+    # c_in x for x = sigma n: what the UNet reads
+    x_in = noise * (sigma**2 / (sigma**2 + 1)).sqrt().float()[:, None, None, None]
+    t = torch.tensor([999.0, 412.37])  # fractional, as the samplers give
+    context = embeddings[[0, 5]]  # (2, T, D): uncond, one caption
+    unet_inputs = {"x": x_in, "t": t, "context": context}
+    latents = {"latents": torch.randn(1, channels, size, size, generator=generator)}
+    H = pipe.default_size  # the image height and width: 32 pixels
+    pixels = {"pixels": torch.rand(1, 3, H, H, generator=generator)}
+    return [
+        ("unet.onnx", pipe.unet, unet_inputs, "eps", pipe.unet),
+        ("vae_decoder.onnx", Decoder(pipe), latents, "pixels", pipe.decode),
+        ("vae_encoder.onnx", Encoder(pipe), pixels, "latents", pipe.encode),
+    ]
+
+
+def to_onnx(module: nn.Module, inputs: dict, output: str) -> bytes:
+    """The module traced with these inputs' (fixed) shapes, as ONNX bytes, weights
+    inside."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The tracer's notes on diffusers' shape checks: true for the fixed shapes here.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", "Constant folding", UserWarning)
+        torch.onnx.export(
+            module.eval(),
+            tuple(inputs.values()),
+            buffer,
+            input_names=list(inputs),
+            output_names=[output],
+            opset_version=OPSET,
+            dynamo=False,  # the TorchScript exporter: needs only `onnx`
+        )
+    return buffer.getvalue()
+
+
+def max_difference(onnx_bytes: bytes, inputs: dict, reference) -> float:
+    """max |onnxruntime(inputs) - reference(inputs)| over the output's elements."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(
+        onnx_bytes, options, providers=["CPUExecutionProvider"]
+    )
+    (got,) = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+    expected = reference(*inputs.values()).numpy()
+    if got.shape != expected.shape:
+        raise ParityError(f"ONNX output {got.shape}, PyTorch output {expected.shape}")
+    return float(np.abs(got - expected).max())
+
+
+def page_data(
+    pipe: StableDiffusion,
+    prompts: list[str],
+    embeddings: torch.Tensor,
+    num_seeds: int,
+    parity: dict,
+) -> dict:
+    """What the page's sampler reads besides the networks (tensors as base64 float32,
+    little-endian, row-major)."""
+    channels, size = pipe.unet.config.in_channels, pipe.unet.config.sample_size
+    # generate's draw for one prompt and one image: shape (1, C, h, w)
+    noise = torch.cat(
+        [
+            torch.randn(
+                1, channels, size, size, generator=torch.Generator("cpu").manual_seed(s)
+            )
+            for s in range(num_seeds)
+        ]
+    )  # (num_seeds, C, h, w)
+    schedule = json.loads(
+        (DEFAULT_MODEL / "scheduler" / "scheduler_config.json").read_text()
+    )
+    return {
+        "model": pipe.name,
+        "image_size": pipe.default_size,
+        "latent_shape": [channels, size, size],
+        "text_shape": list(embeddings.shape[1:]),  # (T, D)
+        "beta_start": schedule["beta_start"],
+        "beta_end": schedule["beta_end"],
+        "num_train_timesteps": schedule["num_train_timesteps"],
+        "prompts": prompts,
+        "embeddings": float32_base64(embeddings),  # (len(prompts), T, D)
+        "num_seeds": num_seeds,
+        "noise": float32_base64(noise),  # (num_seeds, C, h, w)
+        "preview_factors": pipe.preview_factors.tolist(),  # (C, 3)
+        "shapes": list(SHAPES),
+        "colours": COLOURS,
+        "backgrounds": BACKGROUNDS,
+        "parity": parity,
+    }
+
+
+def write_runtime(dist: Path, out: Path) -> None:
+    """ONNX Runtime Web from its npm package's dist/ folder, as classic scripts in
+    `out`: the module bundle as text, the WebAssembly binary as base64."""
+    bundle, binary = (Path(dist) / name for name in RUNTIME)
+    for path in (bundle, binary):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing: install onnxruntime-web "
+                "(npm ci --prefix book/live, as .ci/setup does)"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    # the source map is not shipped
+    source = re.sub(r"//# sourceMappingURL=\S+\s*$", "", bundle.read_text())
+    write_script(out / f"{bundle.name}.js", bundle.name, source)
+    write_script(
+        out / f"{binary.name}.js", binary.name, base64_text(binary.read_bytes())
+    )
+
+
+def float32_base64(tensor: torch.Tensor) -> str:
+    array = tensor.detach().cpu().numpy().astype("<f4", copy=False)
+    return base64_text(np.ascontiguousarray(array).tobytes())
+
+
+def base64_text(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def write_script(path: Path, name: str, value: str | dict) -> None:
+    """A classic script that stores `value` as globalThis.minsdLiveFiles[name]."""
+    text = json.dumps(value, separators=(",", ":"))
+    path.write_text(f"{SCRIPT_START}[{json.dumps(name)}] = {text};\n")
+
+
+def read_script(path: Path) -> str | dict:
+    """The value a script of `write_script` stores."""
+    text = Path(path).read_text()
+    if not text.startswith(SCRIPT_START):
+        raise ValueError(f"{path} was not written by minsd.live.write_script")
+    return json.loads(text.split("] = ", 1)[1].rstrip().removesuffix(";"))
