@@ -102,6 +102,12 @@ def player(
     )
     html = anim.to_jshtml(default_mode="once")
     plt.close(fig)
+    # Matplotlib links Font Awesome 4 from a CDN for its buttons' icons: a page must
+    # not fetch from the internet. The book's theme has Font Awesome, which draws the
+    # same icons.
+    html = re.sub(
+        r'<link rel="stylesheet"\s+href="https://[^"]*font-awesome[^"]*">', "", html
+    )
     slider = re.search(r'<input id="_anim_slider(\w+)"[^>]*>', html)
     label_id = f"_anim_label{slider.group(1)}"
     html = html.replace(

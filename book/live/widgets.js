@@ -397,7 +397,7 @@
     const prompt = prompt_controls();
     prompt.inputs[1].value = "square";
     prompt.inputs[0].value = "blue";
-    const strength = range("strength s", {
+    const strength = range("strength λ", {
       min: 0.05,
       max: 1,
       step: 0.05,
