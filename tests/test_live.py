@@ -335,7 +335,7 @@ def test_img2img_widget_draws_minsds_images(open_page, pipe):
     for k, run in enumerate(IMG2IMG_RUNS[open_page.kind]):
         prompt = f"a {run['colour']} {run['shape']} on a {run['background']} background"
         set_prompt(root, run["colour"], run["shape"], run["background"])
-        set_range(root, "strength s", run["strength"])
+        set_range(root, "strength λ", run["strength"])
         set_range(root, "steps N", run["steps"])
         set_range(root, "guidance g", run["guidance"])
         set_range(root, "seed", run["seed"])
