@@ -18,7 +18,7 @@ without the Heun correction):
     x_{i+1} = x_i + (sigma_{i+1} - sigma_i) (x_i - D(x_i; sigma_i)) / sigma_i.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -100,6 +100,11 @@ def get_sigmas(
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
+def progress_bar(sigmas: torch.Tensor, progress: bool, desc: str) -> Iterable[int]:
+    """The steps i = 0 .. N-1 of a schedule, shown as a progress bar if asked for."""
+    return tqdm(range(len(sigmas) - 1), disable=not progress, desc=desc, unit="step")
+
+
 def schedule_on_cpu(sigmas: torch.Tensor) -> torch.Tensor:
     """The samplers' view of a schedule: float64 on the CPU (copied if elsewhere)."""
     return sigmas.detach().to("cpu", torch.float64)
@@ -122,21 +127,12 @@ def sample_euler(
     """
     x = x.float()
     sigmas = schedule_on_cpu(sigmas)
-    for i in tqdm(
-        range(len(sigmas) - 1), disable=not progress, desc="Euler", unit="step"
-    ):
+    for i in progress_bar(sigmas, progress, "Euler"):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma)  # D(x_i; sigma_i)
+        step = dict(i=i, sigma=sigma, sigma_next=sigma_next, x=x, denoised=denoised)
         if callback is not None:
-            callback(
-                {
-                    "i": i,
-                    "sigma": sigma,
-                    "sigma_next": sigma_next,
-                    "x": x,
-                    "denoised": denoised,
-                }
-            )
+            callback(step)
         d = (x - denoised) / sigma  # dx/dsigma at (x_i, sigma_i)
         dt = sigma_next - sigma  # negative: we walk towards sigma = 0
         x = x + d * dt  # x_{i+1}
@@ -158,21 +154,12 @@ def sample_heun(
     """
     x = x.float()
     sigmas = schedule_on_cpu(sigmas)
-    for i in tqdm(
-        range(len(sigmas) - 1), disable=not progress, desc="Heun", unit="step"
-    ):
+    for i in progress_bar(sigmas, progress, "Heun"):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma)
+        step = dict(i=i, sigma=sigma, sigma_next=sigma_next, x=x, denoised=denoised)
         if callback is not None:
-            callback(
-                {
-                    "i": i,
-                    "sigma": sigma,
-                    "sigma_next": sigma_next,
-                    "x": x,
-                    "denoised": denoised,
-                }
-            )
+            callback(step)
         d = (x - denoised) / sigma  # slope at the start
         dt = sigma_next - sigma
         x_euler = x + d * dt
@@ -216,21 +203,12 @@ def sample_dpmpp_2m(
     # D(x_{i-1}; sigma_{i-1}): the one value the multistep method remembers,
     # within this call
     old_denoised = None
-    for i in tqdm(
-        range(len(sigmas) - 1), disable=not progress, desc="DPM++ 2M", unit="step"
-    ):
+    for i in progress_bar(sigmas, progress, "DPM++ 2M"):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma)  # D(x_i; sigma_i), (B, C, h, w)
+        step = dict(i=i, sigma=sigma, sigma_next=sigma_next, x=x, denoised=denoised)
         if callback is not None:
-            callback(
-                {
-                    "i": i,
-                    "sigma": sigma,
-                    "sigma_next": sigma_next,
-                    "x": x,
-                    "denoised": denoised,
-                }
-            )
+            callback(step)
         if sigma_next == 0:
             x = denoised  # t_next = inf: the step below with e^-h = 0
         else:
@@ -311,24 +289,12 @@ def sample_euler_ancestral(
     """
     x = x.float()
     sigmas = schedule_on_cpu(sigmas)
-    for i in tqdm(
-        range(len(sigmas) - 1),
-        disable=not progress,
-        desc="Euler ancestral",
-        unit="step",
-    ):
+    for i in progress_bar(sigmas, progress, "Euler ancestral"):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma)  # D(x_i; sigma_i)
+        step = dict(i=i, sigma=sigma, sigma_next=sigma_next, x=x, denoised=denoised)
         if callback is not None:
-            callback(
-                {
-                    "i": i,
-                    "sigma": sigma,
-                    "sigma_next": sigma_next,
-                    "x": x,
-                    "denoised": denoised,
-                }
-            )
+            callback(step)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         d = (x - denoised) / sigma  # dx/dsigma at (x_i, sigma_i)
         x = x + d * (sigma_down - sigma)  # Euler, down to sigma_down
@@ -364,7 +330,7 @@ def sample_heun_churn(
     x = x.float()
     sigmas = schedule_on_cpu(sigmas)
     n_steps = len(sigmas) - 1
-    for i in tqdm(range(n_steps), disable=not progress, desc="Heun churn", unit="step"):
+    for i in progress_bar(sigmas, progress, "Heun churn"):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         # Algorithm 2, lines 4-6: gamma_i, then x_hat = x_i + sqrt(sigma_hat^2
         # - sigma_i^2) eps, eps ~ N(0, s_noise^2 I)
@@ -377,16 +343,9 @@ def sample_heun_churn(
             )
         # lines 7-8: an Euler step from sigma_hat
         denoised = denoiser(x, sigma_hat)  # D(x_hat; sigma_hat)
+        step = dict(i=i, sigma=sigma_hat, sigma_next=sigma_next, x=x, denoised=denoised)
         if callback is not None:
-            callback(
-                {
-                    "i": i,
-                    "sigma": sigma_hat,
-                    "sigma_next": sigma_next,
-                    "x": x,
-                    "denoised": denoised,
-                }
-            )
+            callback(step)
         d = (x - denoised) / sigma_hat
         dt = sigma_next - sigma_hat
         x_euler = x + d * dt
