@@ -145,3 +145,23 @@ def test_cpu_profile_quick_mode():
     for column in (2, 3):
         for row in groups[:3]:
             assert float(re.search(r"\(([\d.e+-]+)\)", row[column]).group(1)) > 0, row
+
+
+def test_browser_quick_mode():
+    """benchmarks/browser.py runs the exported default model in Chromium beside torch
+    and reports both per-call times, the image's time and the page weight it adds."""
+    command = [sys.executable, "browser.py", "--quick"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=BENCHMARKS, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    browser_ms, torch_ms = table_row(result.stdout, "ms per UNet call (batch 2)")[1:3]
+    assert float(browser_ms) > 0 and float(torch_ms) > 0
+    image_ms = table_row(
+        result.stdout, "ms per image (20 Euler steps, g = 7.5, decode)"
+    )[1]
+    assert float(image_ms.split()[0]) > 0
+    weight = re.search(
+        r"page weight added: ([\d.]+) MB, ([\d.]+) MB gzipped", result.stdout
+    )
+    assert 0 < float(weight.group(2)) < float(weight.group(1))
