@@ -14,6 +14,7 @@ import torch
 from diffusers import DDIMScheduler
 from torch.testing import assert_close
 
+from minsd.denoiser import vp_coefficients
 from minsd.loading import DEFAULT_MODEL, load_pipeline
 from minsd.scheduler import get_sigmas, sample_euler
 
@@ -55,7 +56,7 @@ def test_ddim_is_euler_in_sigma(pipe, steps, set_alpha_to_one):
     if not set_alpha_to_one:
         sigmas[-1] = pipe.denoiser.sigma_min
     # the same start, in sigma's variables: x = x_t / sqrt(abar_t)
-    x = noise * (sigmas[0] ** 2 + 1) ** 0.5
+    x = noise / vp_coefficients(sigmas[0], pipe.denoiser.sigma_table)[2]  # / c_in
     euler = sample_euler(lambda x, sigma: pipe.denoiser(x, sigma, context), x, sigmas)
     assert_close(euler, x_t / final_abar**0.5, rtol=1e-4, atol=1e-4)
     # The comparison can fail: Euler ending at the other final noise level is
