@@ -9,6 +9,7 @@ but probably not meant (a prompt longer than the text encoder reads): a warning 
 import math
 import numbers
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,9 +39,15 @@ def is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def is_sequence(value: object) -> bool:
+    """A list or a tuple (any sequence but a string): a config.json's lists and a
+    model's .config's tuples say the same."""
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
 def is_list_of_strings(value: object) -> bool:
-    """A list or tuple whose items are all strings (an empty one too)."""
-    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    """A sequence (see `is_sequence`) whose items are all strings (an empty one too)."""
+    return is_sequence(value) and all(isinstance(v, str) for v in value)
 
 
 # -- the schedule ----------------------------------------------------------------------

@@ -11,14 +11,14 @@ value, and what is allowed.
 """
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from .checks import is_number, is_positive_integer
+from .checks import is_number, is_positive_integer, is_sequence
 from .denoiser import scaled_linear_alphas_cumprod
 from .unet import UNetConfig
 from .weights import one_line
@@ -470,9 +470,3 @@ def read_json(path: Path) -> dict:
             f"{type(config).__name__}"
         )
     return config
-
-
-def is_sequence(value: object) -> bool:
-    """A list or a tuple (any sequence but a string): a config.json's lists and a
-    model's .config's tuples say the same."""
-    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
