@@ -39,6 +39,24 @@ class Configs:
     # (C, 3) latent -> RGB, if the model ships its own
     preview_factors: torch.Tensor | None
 
+    def pipeline_parts(
+        self,
+        unet: torch.nn.Module,
+        vae: torch.nn.Module,
+        text_encoder: torch.nn.Module,
+        tokenizer: "CLIPTokenizer",
+    ) -> dict:
+        """The keyword arguments of StableDiffusion(...): the loaded modules and what
+        these configs add (the training schedule, the preview factors)."""
+        return dict(
+            unet=unet,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            alphas_cumprod=self.alphas_cumprod,
+            preview_factors=self.preview_factors,
+        )
+
 
 def read_configs(folder: Path) -> Configs:
     """Every config of a diffusers-format folder, checked; the VAE's latents and the

@@ -114,14 +114,7 @@ def load_folder(folder: Path, dtype: torch.dtype) -> dict:
     text_encoder = from_pretrained_checked(
         CLIPTextModel, text_encoder_path, folder / "text_encoder", **files, dtype=dtype
     )
-    return dict(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        alphas_cumprod=configs.alphas_cumprod,
-        preview_factors=configs.preview_factors,
-    )
+    return configs.pipeline_parts(unet, vae, text_encoder, tokenizer)
 
 
 def load_unet(folder: Path, variant: str | None = None) -> UNet:

@@ -64,28 +64,15 @@ def load_single_file(path: Path, config: str | os.PathLike | None = None) -> dic
         unet = UNet(configs.unet)
         vae = AutoencoderKL.from_config(configs.vae)
     state = convert_ldm_unet_checkpoint(checkpoint, diffusers_unet_config(configs.unet))
-    check_state_dict_shapes(
-        unet, {k: tuple(v.shape) for k, v in state.items()}, source, "an SD 1.5 UNet"
-    )
-    unet.load_state_dict(state, strict=True, assign=True)
+    load_checked(unet, state, source, "an SD 1.5 UNet")
     state = convert_ldm_vae_checkpoint(checkpoint, dict(vae.config))
-    check_state_dict_shapes(
-        vae, {k: tuple(v.shape) for k, v in state.items()}, source, "an AutoencoderKL"
-    )
-    vae.load_state_dict(state, strict=True, assign=True)
+    load_checked(vae, state, source, "an AutoencoderKL")
     text_config = CLIPTextConfig.from_dict(configs.text_encoder)
     state = convert_ldm_clip_checkpoint(checkpoint)
     text_encoder = from_pretrained_checked(
         CLIPTextModel, source, None, config=text_config, state_dict=state
     )
-    return dict(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        alphas_cumprod=configs.alphas_cumprod,
-        preview_factors=configs.preview_factors,
-    )
+    return configs.pipeline_parts(unet, vae, text_encoder, tokenizer)
 
 
 def check_ldm_parts(path: Path) -> None:
@@ -119,3 +106,13 @@ def check_ldm_parts(path: Path) -> None:
             "release holds the EMA ones)",
             stacklevel=4,
         )
+
+
+def load_checked(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, what: str
+) -> None:
+    """model.load_state_dict(state), strict, after every name and shape is compared
+    (a mismatch is refused with the first few named)."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    check_state_dict_shapes(model, shapes, source, what)
+    model.load_state_dict(state, strict=True, assign=True)
