@@ -279,12 +279,10 @@ class CFGDenoiser(nn.Module):
         guidance: float,
     ) -> None:
         super().__init__()
-        self.denoiser, self.cond, self.uncond, self.guidance = (
-            denoiser,
-            cond,
-            uncond,
-            guidance,
-        )
+        self.denoiser = denoiser
+        self.cond = cond  # (B, T, D)
+        self.uncond = uncond  # (B, T, D), or None at g = 1
+        self.guidance = guidance
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.uncond is None:
