@@ -337,10 +337,8 @@ def sample_heun_churn(
         gamma = min(s_churn / n_steps, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:
-            x = (
-                x
-                + fresh_noise(x, generator) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-            )
+            eps = fresh_noise(x, generator) * s_noise
+            x = x + eps * (sigma_hat**2 - sigma**2) ** 0.5
         # lines 7-8: an Euler step from sigma_hat
         denoised = denoiser(x, sigma_hat)  # D(x_hat; sigma_hat)
         step = dict(i=i, sigma=sigma_hat, sigma_next=sigma_next, x=x, denoised=denoised)
