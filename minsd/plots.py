@@ -9,6 +9,7 @@ kernel runs.
 import json
 import re
 from collections.abc import Callable, Sequence
+from html import escape
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -80,14 +81,20 @@ def player(
     labels: Sequence[str] | None = None,
     start: int = 0,
     interval_ms: int = 400,
+    *,
+    alt: str,
 ) -> str:
     """A scrubbable player: update(i) redraws `fig` for frame i; returns HTML for
     IPython.display.HTML.
 
     Every frame is drawn now and embedded as an image, so the slider works without a
     kernel. labels[i], if given, is shown beside the slider while frame i is on (say
-    "sigma = 2.1" or "N = 8"); the player opens on frame `start`.
+    "sigma = 2.1" or "N = 8"); the player opens on frame `start`. alt says in a
+    sentence what the frames show, for readers who cannot see them; each frame's
+    image reads it followed by the frame's label.
     """
+    if not alt.strip():
+        raise ValueError("say in alt what the player's frames show")
     if labels is not None and len(labels) != n_frames:
         raise ValueError(f"got {len(labels)} labels for {n_frames} frames")
     if not 0 <= start < n_frames:
@@ -108,6 +115,11 @@ def player(
     html = re.sub(
         r'<link rel="stylesheet"\s+href="https://[^"]*font-awesome[^"]*">', "", html
     )
+    html = re.sub(
+        r'<img id="(_anim_img\w+)">',
+        lambda m: f'<img id="{m.group(1)}" alt="{escape(alt.strip())}">',
+        html,
+    )
     slider = re.search(r'<input id="_anim_slider(\w+)"[^>]*>', html)
     label_id = f"_anim_label{slider.group(1)}"
     html = html.replace(
@@ -119,6 +131,7 @@ def player(
     script = f"""<script>
 (function() {{
   var labels = {json.dumps(list(labels or [""] * n_frames))};
+  var alt = {json.dumps(alt.strip())};
   function hook() {{
     var anim = window["anim{slider.group(1)}"];
     if (!anim) {{ setTimeout(hook, 10); return; }}
@@ -126,6 +139,8 @@ def player(
     anim.set_frame = function(frame) {{
       setFrame(frame);
       document.getElementById("{label_id}").textContent = labels[frame];
+      document.getElementById(anim.img_id).alt =
+        labels[frame] ? alt + " (" + labels[frame] + ")" : alt;
     }};
     anim.set_frame({start});
   }}
