@@ -21,6 +21,8 @@ _HELPERS = r"""
   // Rendered and not hidden: a closed <details> or a collapsed toggle renders nothing.
   const visible = (e) => {
     if (!e.getClientRects().length) return false;
+    const closed = e.closest("details:not([open])");  // its content is not shown
+    if (closed && !closed.querySelector(":scope > summary")?.contains(e)) return false;
     const style = getComputedStyle(e);
     if (style.visibility === "hidden" || style.display === "none") return false;
     for (let a = e; a && a !== document.body; a = a.parentElement) {
