@@ -15,9 +15,9 @@ each component's own (Gaussian) posterior mean:
 and the score is grad log p(x; sigma) = (D(x; sigma) - x) / sigma^2 (Karras et al. 2022,
 eq. 3). Everything works on (N, 2) tensors, so minsd's samplers run on it unchanged.
 
-The helpers at the end (`grid`, `trajectory`, `loglog_slope`) are what the book's pages
-need to draw densities, follow a sampler step by step and measure its order of
-convergence.
+The helpers at the end (`starting_points`, `grid`, `trajectory`, `loglog_slope`) are
+what the book's pages need to start samplers, draw densities, follow a sampler step by
+step and measure its order of convergence.
 """
 
 import math
@@ -93,6 +93,14 @@ def example_mixture() -> GaussianMixture:
         stds=[0.3, 0.5, 0.2],
         weights=[0.5, 0.3, 0.2],
     )
+
+
+def starting_points(seed: int, n: int = 40, sigma_max: float = 20.0) -> torch.Tensor:
+    """n starting points x_0 = sigma_max n of the toy's samplers, n ~ N(0, I) from a
+    CPU generator seeded with `seed`: (n, 2), float64. Chapter 2 and its live widget
+    start from the same points, so their errors are the same numbers."""
+    generator = torch.Generator().manual_seed(seed)
+    return sigma_max * torch.randn(n, 2, generator=generator, dtype=torch.float64)
 
 
 def grid(lim: float, n: int) -> tuple[torch.Tensor, torch.Tensor]:
