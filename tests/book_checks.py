@@ -78,7 +78,8 @@ TEACHING = (
     const first = [...section.querySelectorAll(FIGURES)].find(visible);
     if (!first) continue;
     const before = [...section.querySelectorAll(BLOCKS)].filter((e) =>
-      visible(e) && !e.contains(first) && !first.contains(e)
+      visible(e) && !e.contains(first) && !first.contains(e) && !e.closest("summary")
+      && !e.matches(".admonition-title") && !e.closest("details.hide > summary, .toggle-details__summary")
       && (e.compareDocumentPosition(first) & Node.DOCUMENT_POSITION_FOLLOWING));
     const outermost = before.filter((e) => !before.some((o) => o !== e && o.contains(e)));
     const text = outermost.filter((e) => e.matches("p, ul, ol"));
