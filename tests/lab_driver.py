@@ -138,6 +138,13 @@ class Lab:
         (notification / "notification.jupyterlab-settings").write_text(
             json.dumps({"fetchNews": "false"})
         )
+        # Every cell in the page at once (JupyterLab renders only the cells in view
+        # by default), so that what the reader would scroll to can be measured.
+        notebook = settings / "@jupyterlab" / "notebook-extension"
+        notebook.mkdir(parents=True)
+        (notebook / "tracker.jupyterlab-settings").write_text(
+            json.dumps({"windowingMode": "none"})
+        )
         env = {
             **os.environ,
             "JUPYTERLAB_SETTINGS_DIR": str(settings),
