@@ -239,8 +239,13 @@ class Lab:
                     break
             else:
                 idle_since = None
-        page.wait_for_timeout(1500)  # the last Markdown cells' {eval} values
-        state = page.evaluate(NOTEBOOK_STATE)
+        # The Markdown cells' {eval} values arrive from the kernel after their cells ran.
+        names = set(re.findall(r"\{eval\}`(\w+)`", chapter.read_text()))
+        for _ in range(30):
+            page.wait_for_timeout(1000)
+            state = page.evaluate(NOTEBOOK_STATE)
+            if not names & set(state["codeSpans"]):
+                break
         result.errors = state["errors"]
         result.stray_outputs = state["stray"]
         for text in state["texts"]:
@@ -248,7 +253,6 @@ class Lab:
                 line = text[max(0, match.start() - 40) : match.end() + 40]
                 result.raw_myst.append(line.replace("\n", " "))
         result.raw_myst += state["unresolved"]
-        names = set(re.findall(r"\{eval\}`(\w+)`", chapter.read_text()))
         result.unevaluated = sorted(names & set(state["codeSpans"]))
         if shots:
             page.screenshot(path=str(shots / f"{chapter.stem}_lab_top.png"))
