@@ -1,9 +1,13 @@
-"""The chapter notebooks as source: in the book, set up alike, formatted, every glued
-value defined.
+"""The chapter notebooks as source: in the book, set up alike, formatted, written with
+markup that renders both in the book and in JupyterLab, every computed number defined
+before it is shown, saved as JupyterLab saves them.
 
 They are executed once, by the strict book build in tests/test_book.py.
 """
 
+import ast
+import contextlib
+import os
 import re
 import subprocess
 import sys
@@ -11,6 +15,7 @@ from pathlib import Path
 
 import jupytext
 import pytest
+from jupytext.config import load_jupytext_configuration_file
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.md"))
@@ -86,35 +91,147 @@ def test_notebooks_are_formatted(tmp_path):
     assert not long_lines, "\n".join(long_lines)
 
 
-# {glue}`key`, {glue:text}`key:.2f`
-GLUE_ROLE = re.compile(r"\{glue(?::\w+)?\}`([\w.-]+)")
-# glue("key", ...) or glue(f"key_{name}", ...)
-GLUE_CALL = re.compile(r"glue\(\s*(f?)[\"']([^\"']+)[\"']")
+# Roles and directives that JupyterLab (jupyterlab-myst) cannot render as the book does:
+# what they would show there is a raw label, a warning or nothing. Chapters link with
+# Markdown links, show code with minsd.book.listing and numbers with {eval}.
+NOT_IN_BOTH = re.compile(
+    r"\{(doc|ref|numref|cite(:[pt])?|glue(:\w+)?|literalinclude|raw)\}"
+)
+EVAL_ROLE = re.compile(r"\{eval\}`([^`]*)`")
 
 
-def glued_keys(path: Path) -> list[re.Pattern]:
-    """The keys a chapter's code glues, as patterns: an f-string's {fields} match any
-    name."""
-    patterns = []
-    for is_f_string, key in GLUE_CALL.findall("\n".join(code_cells(path))):
-        parts = re.split(r"\{[^}]*\}", key) if is_f_string else [key]
-        patterns.append(re.compile("[\\w.-]+".join(map(re.escape, parts))))
-    return patterns
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_chapters_use_only_markup_that_renders_in_both_places(path):
+    """No role or directive that JupyterLab shows raw, and no glue (its values do not
+    reach JupyterLab): links, listings and {eval} instead."""
+    text = path.read_text()
+    assert not NOT_IN_BOTH.findall(text), (
+        f"{path.name} uses {sorted({m.group(0) for m in NOT_IN_BOTH.finditer(text)})}"
+    )
+    assert "myst_nb" not in text and "glue(" not in text
 
 
-def test_glued_values_are_computed_in_their_chapter():
-    """Each number glued into a chapter's prose is computed by a glue() call of that
-    chapter, and
-    no key is glued by two chapters."""
-    owners = {}
-    for path in NOTEBOOKS:
-        patterns = glued_keys(path)
-        shown = set(GLUE_ROLE.findall(path.read_text()))
-        missing = [key for key in shown if not any(p.fullmatch(key) for p in patterns)]
-        assert not missing, (
-            f"{path.name} shows values it never computes: {sorted(missing)}"
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_computed_number_is_computed_before_its_sentence(path):
+    """An {eval} shows a variable of the kernel, and the chapter runs top to bottom
+    while it is read (inline in the book, Run All in JupyterLab): each name must be a
+    plain name, assigned by a code cell above the Markdown cell that shows it."""
+    assigned: set[str] = set()
+    for cell in jupytext.read(path).cells:
+        if cell.cell_type == "markdown":
+            for name in EVAL_ROLE.findall(cell.source):
+                assert re.fullmatch(r"[A-Za-z_]\w*", name), (
+                    f"{path.name}: {{eval}}`{name}` is not a plain name"
+                )
+                assert name in assigned, (
+                    f"{path.name}: {{eval}}`{name}` is shown before a cell assigns it"
+                )
+        elif cell.cell_type == "code":
+            assigned |= names_assigned(cell.source)
+
+
+def names_assigned(source: str) -> set[str]:
+    """The names a cell binds at its top level (assignments, loops, imports, defs)."""
+    tree = ast.parse(re.sub(r"^[%!].*$", "", source, flags=re.M))  # no IPython magics
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+VISIBLE_CODE_LINES = 15  # minsd.book.LISTING_LINES
+HIDDEN = {"hide-input", "remove-input", "hide-cell", "remove-cell"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_visible_code_cells_are_a_dozen_lines(path):
+    """A code cell the page shows in the open is at most 15 lines; longer code is
+    hidden (hide-input) or shown in part with minsd.book.listing."""
+    for cell in jupytext.read(path).cells:
+        if cell.cell_type != "code" or HIDDEN & set(cell.metadata.get("tags", [])):
+            continue
+        lines = cell.source.strip("\n").count("\n") + 1
+        assert lines <= VISIBLE_CODE_LINES, (
+            f"{path.name}: a visible code cell of {lines} lines: {cell.source[:80]!r}"
         )
-        for key in shown:
-            assert owners.setdefault(key, path.name) == path.name, (
-                f"glue key {key!r} in two chapters"
-            )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_sliders_print_nothing_under_themselves(path):
+    """`interact(...)` as a cell's last expression prints `<function ...>` under its
+    slider (a trailing `;` would not survive ruff format): decorate the function or
+    assign the result."""
+    for cell in jupytext.read(path).cells:
+        if cell.cell_type != "code" or "interact" not in cell.source:
+            continue
+        last = ast.parse(cell.source).body[-1]
+        is_call = isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
+        name = ast.unparse(last.value.func) if is_call else ""
+        assert not name.endswith("interact"), f"{path.name}: {cell.source[:120]!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_a_save_from_jupyterlab_would_change_nothing(path):
+    """The file is exactly what JupyterLab writes when a reader saves the chapter
+    (jupytext with notebooks/jupytext.toml, JupyterLab's kernelspec), so opening,
+    running and saving a chapter leaves `git status` clean. To rewrite a chapter in
+    this form: jupytext.writes(jupytext.reads(text, 'md:myst'), 'md:myst',
+    config=...) after setting the kernelspec below."""
+    config = load_jupytext_configuration_file(str(ROOT / "notebooks/jupytext.toml"))
+    text = path.read_text()
+    notebook = jupytext.reads(text, fmt="md:myst")
+    assert notebook.metadata["kernelspec"] == JUPYTERLAB_KERNELSPEC
+    assert list(notebook.metadata["kernelspec"]) == list(JUPYTERLAB_KERNELSPEC)
+    assert jupytext.writes(notebook, fmt="md:myst", config=config) == text
+
+
+# What JupyterLab writes into a notebook's header for its default Python kernel, in
+# this order.
+JUPYTERLAB_KERNELSPEC = {
+    "name": "python3",
+    "display_name": "Python 3 (ipykernel)",
+    "language": "python",
+}
+
+
+def test_figures_display_whatever_mplbackend_says(tmp_path):
+    """With MPLBACKEND=Agg in the environment a kernel draws no figure on plt.show();
+    minsd.book.setup() makes it draw them, as the book and JupyterLab need."""
+    import nbclient
+    import nbformat
+
+    def images(setup: bool) -> int:
+        cells = ["import matplotlib.pyplot as plt"]
+        if setup:
+            cells.append("import minsd.book\nminsd.book.setup()")
+        cells.append("plt.plot([0, 1], [1, 0])\nplt.show()")
+        notebook = nbformat.v4.new_notebook(
+            cells=[nbformat.v4.new_code_cell(c) for c in cells]
+        )
+        client = nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3")
+        with _environment(MPLBACKEND="Agg"):  # the kernel inherits it
+            client.execute()
+        outputs = [o for c in notebook.cells for o in c.get("outputs", [])]
+        return sum("image/png" in o.get("data", {}) for o in outputs)
+
+    assert images(setup=False) == 0  # what a reader with MPLBACKEND=Agg would see
+    assert images(setup=True) == 1
+
+
+@contextlib.contextmanager
+def _environment(**values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
