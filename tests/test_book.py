@@ -11,15 +11,33 @@ printed); no local resource fails to load, every figure is drawn, each player's 
 frame" button changes its frame, no Markdown table is shown as raw pipe text, no output
 shows a traceback, an error or a warning, no link text shows raw LaTeX, the sidebar
 numbers the chapters as their files do, and every chapter's exercises have worked
-solutions, collapsed until clicked. Screenshots of every page are kept in
-tests/output/book/ (not in git).
+solutions, collapsed until clicked.
+
+And that the pages teach as the book's writing guide asks (tests/book_checks.py): no
+visible listing longer than 15 lines, computed numbers in the prose's own weight, a
+figure within 1,400 px of each chapter's title and at the head of every section that
+has one, no glue plumbing in sight, alt text on every image, live widgets that open with
+a picture; and, on a phone (390 x 844) and a tablet (820 x 1180), figures, players and
+widgets within the column, controls at least 32 px tall and nothing covering a widget.
+The book is built with MPLBACKEND=Agg in the environment, as on many servers, and every
+figure must still be there.
+
+Screenshots of every page (and each chapter on a phone) are kept in tests/output/book/
+(not in git), with report.json: each chapter's longest visible listing, first figure
+offset, computed numbers, height and phone problems.
 """
 
+import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+from book_checks import (
+    live_widget_problems,
+    phone_problems,
+    teaching_problems,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "tests" / "output" / "book"
@@ -62,7 +80,7 @@ READING_PROBLEMS = r"""() => {
   while (text.nextNode()) {
     const node = text.currentNode;
     if (node.parentElement.closest("pre, code, mjx-container, script, style, .MathJax")) continue;
-    const raw = node.textContent.match(/\{(eq|doc|ref|numref|cite|cite:t|cite:p|math|glue:text)\}|\$\\|\\(mathbf|mathrm|mathcal|boldsymbol|sigma|frac|sqrt|left|right|qquad|text|alpha|epsilon)\b/);
+    const raw = node.textContent.match(/\{(eq|doc|ref|numref|cite|cite:t|cite:p|math|glue:text|eval)\}|\$\\|\\(mathbf|mathrm|mathcal|boldsymbol|sigma|frac|sqrt|left|right|qquad|text|alpha|epsilon)\b/);
     if (raw) problems.push(`unrendered markup "${raw[0]}": ${clip(node.textContent)}`);
   }
   for (const error of main.querySelectorAll("mjx-merror")) {
@@ -136,6 +154,7 @@ def test_book_in_a_browser(built_book, book_server):
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     problems, players_seen, solutions_seen = [], 0, 0
+    report = {}  # per chapter: what the closing notes quote
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -194,6 +213,12 @@ def test_book_in_a_browser(built_book, book_server):
                 problems.append(
                     f"{name}: {height} px tall (at most {MAX_CHAPTER_HEIGHT})"
                 )
+            # Pictures first, listings a dozen lines, numbers as text, alt text, no
+            # plumbing, live widgets that open with a picture (tests/book_checks.py).
+            if name.startswith("notebooks/"):
+                teaching, stats = teaching_problems(page, name)
+                problems += teaching + live_widget_problems(page, name)
+                report[name] = {**stats, "height": height}
             # Players (minsd.plots.player): each labels its slider, and after 'first
             # frame', 'next frame' changes the frame and its label.
             for player in page.locator("div.animation").all():
@@ -217,7 +242,28 @@ def test_book_in_a_browser(built_book, book_server):
                 ),
                 full_page=True,
             )
+        # A phone (390 x 844) and a tablet (820 x 1180): figures, players and widgets
+        # within the column, controls a finger can hit, nothing covering a widget.
+        for width, height in [(390, 844), (820, 1180)]:
+            small = browser.new_page(viewport={"width": width, "height": height})
+            for name in pages(built_book):
+                small.goto(f"{book_server}/{name}", wait_until="load")
+                small.wait_for_timeout(300)
+                found = phone_problems(small, f"{name} at {width} px")
+                problems += found
+                if name.startswith("notebooks/") and width == 390:
+                    report[name]["phone_problems"] = len(found)
+                    small.screenshot(
+                        path=str(
+                            SCREENSHOTS
+                            / ("phone_" + name.replace("/", "_").removesuffix(".html"))
+                        )
+                        + ".png",
+                        full_page=True,
+                    )
+            small.close()
         browser.close()
+    (SCREENSHOTS / "report.json").write_text(json.dumps(report, indent=1))
     assert not problems, "\n".join(problems)
     assert players_seen >= 6  # the sliders of chapters 1-8, drawn in advance
     assert solutions_seen >= 3 * len(
