@@ -49,9 +49,11 @@ NOTEBOOK_STATE = r"""() => {
     return clone.innerText;
   });
   const codeSpans = markdown.flatMap((c) => [...c.querySelectorAll(".jp-MarkdownOutput code, .myst code")].map((e) => e.textContent));
+  // An error or a warning in an output (a notice on stderr, such as which model a
+  // chapter loads, is not one).
   const errors = [...panel.querySelectorAll(".jp-OutputArea-output")].filter((o) =>
-    o.getAttribute("data-mime-type") === "application/vnd.jupyter.stderr"
-    || /Traceback \(most recent call last\)/.test(o.textContent)).map((o) => o.textContent.slice(0, 300));
+    /Traceback \(most recent call last\)|\b\w*(Error|Warning)\b/.test(o.textContent))
+    .map((o) => o.textContent.slice(0, 300));
   const stray = [...panel.querySelectorAll(".jp-OutputArea-output")].filter((o) =>
     /^<function |^<matplotlib\.|^interactive\(children=/.test(o.textContent.trim())).map((o) => o.textContent.slice(0, 120));
   const editing = markdown.filter((c) => !c.classList.contains("jp-mod-rendered")).length;
