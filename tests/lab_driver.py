@@ -199,7 +199,8 @@ class Lab:
         """Open chapter by a double click, Run All, move every slider, save, close."""
         result = ChapterResult(chapter.stem)
         before = chapter.read_bytes()
-        page.goto(f"{self.url}/lab", wait_until="load")
+        # a fresh workspace: no notebook of an earlier chapter still open
+        page.goto(f"{self.url}/lab?reset", wait_until="load")
         item = page.locator(".jp-DirListing-item", has_text=chapter.name).first
         item.wait_for(timeout=60_000)
         item.dblclick()
@@ -260,7 +261,7 @@ class Lab:
             page.screenshot(path=str(shots / f"{chapter.stem}_lab_top.png"))
         result.sliders = self.move_sliders(page, shots, chapter.stem)
         # Save as a reader would; the file must come back unchanged.
-        page.locator(".jp-NotebookPanel .jp-Notebook").first.click(
+        page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").first.click(
             position={"x": 5, "y": 5}
         )
         page.keyboard.press("Escape")

@@ -115,8 +115,11 @@ def test_chapters_use_only_markup_that_renders_in_both_places(path):
 def test_every_computed_number_is_computed_before_its_sentence(path):
     """An {eval} shows a variable of the kernel, and the chapter runs top to bottom
     while it is read (inline in the book, Run All in JupyterLab): each name must be a
-    plain name, assigned by a code cell above the Markdown cell that shows it."""
+    plain name, assigned by a code cell above the Markdown cell that shows it. In the
+    book a `remove-cell` cell runs only when the next code cell on the page runs, so
+    what it assigns counts from there on."""
     assigned: set[str] = set()
+    pending: set[str] = set()  # assigned by remove-cell cells not yet run in the book
     for cell in jupytext.read(path).cells:
         if cell.cell_type == "markdown":
             for name in EVAL_ROLE.findall(cell.source):
@@ -125,9 +128,14 @@ def test_every_computed_number_is_computed_before_its_sentence(path):
                 )
                 assert name in assigned, (
                     f"{path.name}: {{eval}}`{name}` is shown before a cell assigns it"
+                    + (" (a remove-cell cell: use remove-input)" * (name in pending))
                 )
         elif cell.cell_type == "code":
-            assigned |= names_assigned(cell.source)
+            if "remove-cell" in cell.metadata.get("tags", []):
+                pending |= names_assigned(cell.source)
+            else:
+                assigned |= pending | names_assigned(cell.source)
+                pending = set()
 
 
 def names_assigned(source: str) -> set[str]:
