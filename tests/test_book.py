@@ -269,3 +269,46 @@ def test_book_in_a_browser(built_book, book_server):
     assert solutions_seen >= 3 * len(
         [p for p in pages(built_book) if p.startswith("notebooks/")]
     )
+
+
+# The boxes the introduction's map must have, by what their links say.
+MAP_BOXES = ["text encoder", "guidance", "denoiser", "UNet", "schedule", "Euler", "VAE"]
+
+
+@pytest.mark.slow
+def test_the_map_leads_to_every_chapter_and_widget(built_book, book_server):
+    """Every box of the introduction's pipeline map (book/pipeline.svg, inline) links to
+    a page of the book that exists; a live button lands on its widget; and the map has
+    a box for each part of the pipeline."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{book_server}/book/intro.html", wait_until="load")
+        links = page.eval_on_selector_all(
+            "svg.minsd-map a",
+            "as => as.map(a => [a.href.baseVal || a.getAttribute('href'), "
+            "a.getAttribute('aria-label'), a.getAttribute('class')])",
+        )
+        labels = " ".join(label for _, label, _ in links)
+        assert all(box in labels for box in MAP_BOXES), labels
+        problems = []
+        for href, label, kind in links:
+            url = page.evaluate("h => new URL(h, location.href).href", href)
+            response = page.goto(url, wait_until="load")
+            if response is None or response.status != 200:
+                problems.append(f"{label}: {href} does not load")
+                continue
+            fragment = url.partition("#")[2]
+            if fragment:
+                target = page.locator(f"[id='{fragment}']")
+                if target.count() == 0:
+                    problems.append(f"{label}: no #{fragment} on {href}")
+                elif "live" in kind and "minsd-live" not in (
+                    target.first.get_attribute("class") or ""
+                ):
+                    problems.append(f"{label}: #{fragment} is not a live widget")
+            page.goto(f"{book_server}/book/intro.html", wait_until="load")
+        browser.close()
+    assert len(links) >= 13 and not problems, "\n".join(problems)
