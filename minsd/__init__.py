@@ -16,6 +16,7 @@ _MODULES = {
     "sigmas_from_alphas_cumprod": "denoiser",
     "t_to_sigma": "denoiser",
     "vp_coefficients": "denoiser",
+    "MinsdError": "errors",
     "load_pipeline": "loading",
     "CFGDenoiser": "pipeline",
     "Generation": "pipeline",

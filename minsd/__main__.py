@@ -1,9 +1,10 @@
 """Command line: python -m minsd "a prompt" --steps 20 --out image.png
 
 A user's mistake (a bad option, an --out that cannot be written, weights that do not
-load, an argument the pipeline refuses) is one or two lines on stderr and exit status 2;
-Ctrl-C is exit status 130. In both cases no file is written and an existing file at
---out is left as it was.
+load, an argument the pipeline refuses: a MinsdError) is one or two lines on stderr and
+exit status 2; Ctrl-C is exit status 130. In both cases no file is written and an
+existing file at --out is left as it was. Any other error is a bug in minsd, and
+keeps its traceback.
 """
 
 import argparse
@@ -16,14 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # torch-free: --help answers without importing torch
-from .choices import SAMPLERS, SPACINGS
+from .choices import SAMPLERS, SPACINGS, WEIGHTS_ENV
+from .errors import InvalidValue, MinsdError, MissingFile
 
 if TYPE_CHECKING:
     from PIL import Image
-
-# What a user's mistake raises: bad files and paths (OSError), refused values and
-# types, NaN results.
-USER_ERRORS = (OSError, ValueError, TypeError, FloatingPointError)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -114,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--weights",
         default=None,
         help="SD 1.5 folder, hub id (owner/name) or single .safetensors checkpoint "
-        "(default: $MINSD_WEIGHTS, else the built-in shapes model)",
+        f"(default: ${WEIGHTS_ENV}, else the built-in shapes model)",
     )
     parser.add_argument(
         "--config",
@@ -133,6 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "else torch's default)",
     )
     parser.add_argument(
+        "-o",
         "--out",
         type=Path,
         default=Path("image.png"),
@@ -160,12 +159,12 @@ def check_writable(paths: list[Path]) -> None:
     writable = sorted(ext for ext, fmt in Image.EXTENSION.items() if fmt in Image.SAVE)
     for path in paths:
         if path.is_dir():
-            raise ValueError(
+            raise InvalidValue(
                 f"--out {path} is a folder; give a file name such as "
                 f"{path / 'image.png'}"
             )
         if path.suffix.lower() not in writable:
-            raise ValueError(
+            raise InvalidValue(
                 f"--out {path}: cannot write images with extension "
                 f"{path.suffix or '(none)'!r}; use .png (lossless), .jpg, .webp or "
                 "another extension that Pillow writes"
@@ -175,7 +174,7 @@ def check_writable(paths: list[Path]) -> None:
         while not folder.exists():
             folder = folder.parent
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            raise ValueError(f"--out {path}: cannot create files under {folder}")
+            raise InvalidValue(f"--out {path}: cannot create files under {folder}")
 
 
 def read_image(path: Path) -> "Image.Image":
@@ -186,9 +185,9 @@ def read_image(path: Path) -> "Image.Image":
         with Image.open(path) as image:
             return image.convert("RGB")
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"--init-image {path}: no such file") from err
+        raise MissingFile(f"--init-image {path}: no such file") from err
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(
+        raise InvalidValue(
             f"--init-image {path}: not an image Pillow can read ({err})"
         ) from err
 
@@ -201,6 +200,10 @@ def save_images(images: list, paths: list[Path]) -> None:
     """
     # the folders that will be created
     missing = [p for p in reversed(paths[0].parents) if not p.exists()]
+    # mkstemp creates its files for the user alone (0600); the images get the
+    # permissions of any new file of the user's: 0666 less the umask
+    umask = os.umask(0)
+    os.umask(umask)
     temporary = []
     try:
         paths[0].parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +214,7 @@ def save_images(images: list, paths: list[Path]) -> None:
             os.close(handle)
             temporary.append(Path(name))
             image.save(name)
+            os.chmod(name, 0o666 & ~umask)
         for name, path in zip(temporary, paths):
             os.replace(name, path)
     except BaseException:
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = show_warning
     try:
         return run(parse_args(argv))
-    except USER_ERRORS as err:
+    except MinsdError as err:  # a refusal; anything else is a bug, with its traceback
         print(f"minsd: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_one_image
+from .errors import InvalidValue
 from .pipeline import Generation, StableDiffusion
 from .tokenizer import token_ids
 from .unet import Attention
@@ -123,4 +124,4 @@ def layer_size(h: int, w: int, n_positions: int) -> tuple[int, int]:
         if h_l * w_l == n_positions:
             return h_l, w_l
         h_l, w_l = (h_l + 1) // 2, (w_l + 1) // 2
-    raise ValueError(f"no level of a {h} x {w} latent has {n_positions} positions")
+    raise InvalidValue(f"no level of a {h} x {w} latent has {n_positions} positions")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from .loading import WEIGHTS_ENV
+from .choices import WEIGHTS_ENV
 
 
 def setup(num_threads: int | None = None) -> None:

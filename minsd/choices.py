@@ -8,8 +8,12 @@ Kept free of torch, so that `python -m minsd --help` answers without loading it.
 SPACINGS = ("linspace", "leading", "trailing", "karras")
 
 # Samplers that StableDiffusion.generate and the command line run (scheduler.py holds
-# them all; each name here needs its branch in generate). sample_heun_churn (Karras et
-# al. 2022, Algorithm 2) is not among them: its four parameters (s_churn, s_tmin,
-# s_tmax, s_noise) must be tuned per model and none are published for SD; call it
-# directly, as the chapter "Beyond Euler" does.
+# them all; each name here needs its branch in generate, and tests/test_pipeline.py runs
+# each). sample_heun_churn (Karras et al. 2022, Algorithm 2) is not among them: its four
+# parameters (s_churn, s_tmin, s_tmax, s_noise) must be tuned per model and none are
+# published for SD; call it directly, as the chapter "Beyond Euler" does.
 SAMPLERS = ("euler", "heun", "dpmpp_2m", "euler_ancestral")
+
+# The environment variable that names the weights when none are passed (load_pipeline,
+# the command line, the book's setup).
+WEIGHTS_ENV = "MINSD_WEIGHTS"

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .checks import check_num_steps, check_spacing
 from .denoiser import t_to_sigma
+from .errors import InvalidType, InvalidValue
 
 # denoiser(x, sigma) -> D(x; sigma), x: (B, C, h, w), sigma: a 0-d tensor
 DenoiserFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -45,7 +46,7 @@ def spaced_timesteps(
     check_num_steps(num_steps)
     M, N = num_train_timesteps, num_steps
     if spacing in ("leading", "trailing") and N > M:  # whole steps: more would repeat
-        raise ValueError(f"{spacing!r} spacing: at most {M} steps, got {N}")
+        raise InvalidValue(f"{spacing!r} spacing: at most {M} steps, got {N}")
     if spacing == "linspace":
         # From M-1 down, so that one step starts from pure noise (diffusers'
         # linspace(0, M-1, 1) gives t = 0).
@@ -56,9 +57,9 @@ def spaced_timesteps(
     elif spacing == "trailing":
         t = (M * torch.arange(N, 0, -1, dtype=torch.float64) / N).round() - 1
     else:
-        raise ValueError(f"unknown timestep spacing {spacing!r} (see get_sigmas)")
+        raise InvalidValue(f"unknown timestep spacing {spacing!r} (see get_sigmas)")
     if t[0] > M - 1:  # leading at N = M: steps_offset pushes t_0 past the table
-        raise ValueError(
+        raise InvalidValue(
             f"{spacing!r} spacing with {N} steps would start at t = {t[0]:.0f}, past "
             f"the last training step {M - 1}; use at most {N - 1} steps"
         )
@@ -200,8 +201,7 @@ def sample_dpmpp_2m(
     """
     x = x.float()
     sigmas = schedule_on_cpu(sigmas)
-    # D(x_{i-1}; sigma_{i-1}): the one value the multistep method remembers,
-    # within this call
+    # D(x_{i-1}; sigma_{i-1}): the one value the multistep method remembers (this call)
     old_denoised = None
     for i in progress_bar(sigmas, progress, "DPM++ 2M"):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -215,18 +215,17 @@ def sample_dpmpp_2m(
             t, t_next = -sigma.log(), -sigma_next.log()
             h = t_next - t
             if old_denoised is None:
-                # Algorithm 2, first step: D held constant (DPM-
-                # Solver++1, i.e. DDIM)
+                # Algorithm 2's first step: D held constant (DPM-Solver++1, i.e. DDIM)
                 denoised_d = denoised
             else:
                 h_last = t + sigmas[i - 1].log()  # t_i - t_{i-1}
                 r = h_last / h  # Algorithm 2: r_i = h_{i-1} / h_i
-                # Algorithm 2: D_i
+                # Algorithm 2: D_i = (1 + 1/(2 r_i)) denoised - 1/(2 r_i) old_denoised
                 denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-            # Algorithm 2: x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}})
-            # x_{t_{i-1}} - alpha_{t_i} (e^-h_i - 1) D_i, in VP variables
-            # x_t = alpha_t x, sigma_t = alpha_t sigma; divided by
-            # alpha_{t_i} it is this, in ours.
+            # Algorithm 2, in VP variables (x_t = alpha_t x, sigma_t = alpha_t sigma):
+            #     x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x_{t_{i-1}}
+            #               - alpha_{t_i} (e^{-h_i} - 1) D_i,
+            # which divided by alpha_{t_i} is, in our variables:
             x = (sigma_next / sigma) * x - torch.expm1(-h) * denoised_d
         old_denoised = denoised
     return x
@@ -242,7 +241,7 @@ def fresh_noise(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """n ~ N(0, I) shaped like x, float32 on x's device, drawn from `generator` (on its
     own device)."""
     if not isinstance(generator, torch.Generator):
-        raise TypeError(
+        raise InvalidType(
             "a stochastic sampler needs a seeded torch.Generator for its noise, got "
             f"{generator!r}; e.g. generator=torch.Generator('cpu').manual_seed(0)"
         )

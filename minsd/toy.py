@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from .errors import InvalidValue
+
 
 class GaussianMixture:
     def __init__(self, means, stds, weights=None) -> None:
@@ -131,7 +133,7 @@ def trajectory(
 
     x_last = sampler(denoiser, x, sigmas, callback=keep)
     if len(path) != len(sigmas) - 1:
-        raise ValueError(
+        raise InvalidValue(
             f"expected the sampler to report {len(sigmas) - 1} steps, got {len(path)}"
         )
     return torch.stack([*path, x_last])
@@ -147,7 +149,7 @@ def loglog_slope(steps: Sequence[float], errors: Sequence[float]) -> float:
         or (steps <= 0).any()
         or (errors <= 0).any()
     ):
-        raise ValueError(
+        raise InvalidValue(
             "need at least two positive (steps, error) pairs, "
             f"got {steps!r} and {errors!r}"
         )

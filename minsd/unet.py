@@ -29,9 +29,7 @@ class UNetConfig:
     in_channels: int = 4  # latent channels of the VAE
     out_channels: int = 4
     block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)  # channels per level
-    layers_per_block: int = (
-        2  # ResNet (+ attention) layers per down block; up: one more
-    )
+    layers_per_block: int = 2  # ResNet (+ attention) layers per down block; up: +1
     num_heads: int = 8  # diffusers' `attention_head_dim`, a historical misnomer
     cross_attention_dim: int = 768  # width of the text embeddings (CLIP ViT-L/14)
     norm_num_groups: int = 32

@@ -4,10 +4,12 @@ test_bad_inputs.py)."""
 import os
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
 
+import pytest
 from conftest import cli_env, run_cli
 from PIL import Image, ImageDraw
 
@@ -174,3 +176,49 @@ def test_cli_ctrl_c_exits_130_without_traceback_or_file(tmp_path):
     assert "Traceback" not in stderr
     assert old.read_bytes() == b"an earlier image"
     assert not list(tmp_path.glob(".existing.png*"))
+
+
+def test_cli_images_get_the_users_umask(tmp_path):
+    """The images are new files of the user's: mode 0666 less the umask (not the 0600
+    of the temporary file they are written through); -o is --out."""
+    out = tmp_path / "circle.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "minsd", "a red circle", "--steps", "2", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=300,
+        preexec_fn=lambda: os.umask(0o027),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(out)]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize(
+    "error", ["TypeError", "ValueError", "OSError", "FloatingPointError"]
+)
+def test_cli_shows_the_traceback_of_a_bug(tmp_path, error):
+    """Only minsd's refusals (MinsdError) are one-line errors: an exception raised
+    anywhere else, here injected into load_pipeline, is a bug and keeps its
+    traceback (Python's exit status 1)."""
+    program = (
+        "import sys, minsd.loading\n"
+        "def load_pipeline(*args, **kwargs):\n"
+        f"    raise {error}('an injected bug')\n"
+        "minsd.loading.load_pipeline = load_pipeline\n"
+        "from minsd.__main__ import main\n"
+        "sys.exit(main(['a red circle', '--out', 'x.png']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback (most recent call last)" in result.stderr
+    assert f"{error}: an injected bug" in result.stderr
+    assert "minsd: error:" not in result.stderr

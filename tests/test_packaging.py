@@ -1,9 +1,8 @@
 """environment.yml installs what pyproject.toml and .ci/setup install."""
 
 import re
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,16 +31,14 @@ def test_environment_pins_the_same_torch_as_setup():
     assert pin in entries
 
 
-def test_environment_python_is_allowed_by_pyproject():
-    """environment.yml's Python satisfies pyproject.toml's requires-python."""
+def test_one_python_version_everywhere():
+    """environment.yml pins the Python that pyproject.toml's requires-python names as
+    its lowest (3.11: tomllib, imported above, is 3.11's), and ruff's target is it."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    minimum = re.match(
-        r">=(\d+)\.(\d+)", pyproject["project"]["requires-python"]
-    ).groups()
-    python = re.search(
-        r"- python=(\d+)\.(\d+)", (ROOT / "environment.yml").read_text()
-    ).groups()
-    assert tuple(map(int, python)) >= tuple(map(int, minimum))
+    minimum = re.fullmatch(r">=(\d+)\.(\d+)", pyproject["project"]["requires-python"])
+    python = re.search(r"- python=(\d+)\.(\d+)", (ROOT / "environment.yml").read_text())
+    assert minimum.groups() == python.groups() == ("3", "11")
+    assert pyproject["tool"]["ruff"].get("target-version", "py311") == "py311"
 
 
 def test_ci_runs_the_readme_test_command():
