@@ -11,10 +11,10 @@ from safetensors.torch import save_file
 from torch.testing import assert_close
 
 from minsd import load_pipeline
-from minsd.configs import check_layout, unet_config_from_diffusers
+from minsd.choices import WEIGHTS_ENV
+from minsd.configs import read_configs, unet_config_from_diffusers
 from minsd.loading import load_unet
 from minsd.unet import UNet
-from minsd.weights import WEIGHTS_ENV
 
 
 def copy_folder(src, tmp_path):
@@ -122,7 +122,7 @@ def test_file_instead_of_folder(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("sd 1.5")
     with pytest.raises(
-        NotADirectoryError,
+        ValueError,
         match=r"a diffusers-format folder or a \.safetensors checkpoint, but .*notes\.txt is",
     ):
         load_pipeline(notes)
@@ -141,7 +141,7 @@ def test_missing_parts_are_named(tiny_folder, tmp_path, missing):
         FileNotFoundError,
         match=f"not a diffusers-format Stable Diffusion folder; missing: .*{missing}",
     ):
-        check_layout(folder)
+        read_configs(folder)
 
 
 def test_pickled_weights_are_never_read(tiny_folder, tmp_path):
@@ -235,12 +235,17 @@ def test_weights_that_do_not_fit_the_config_name_the_keys(tiny_folder, tmp_path)
     )
     with pytest.raises(ValueError) as info:
         load_pipeline(folder)
-    message = str(info.value)
-    assert "does not fit an SD 1.5 UNet of this config" in message
-    assert f"shape of {key}: file (32, 32), expected (32, 32, 1, 1)" in message
-    assert "attn2.to_k.weight: file (32, 48), expected (32, 32)" in message
-    assert "missing from the file: conv_out.bias (4,)" in message
-    assert "not in an SD 1.5 UNet: add_embedding.linear_1.weight (4, 4)" in message
+    message = str(info.value)  # torch's load_state_dict error, with the file's path
+    assert "unet/diffusion_pytorch_model.safetensors does not fit the UNet" in message
+    assert (
+        f"size mismatch for {key}: copying a param with shape torch.Size([32, 32]) "
+        "from checkpoint, the shape in current model is torch.Size([32, 32, 1, 1])"
+    ) in message
+    assert (
+        "attn2.to_k.weight: copying a param with shape torch.Size([32, 48])" in message
+    )
+    assert 'Missing key(s) in state_dict: "conv_out.bias"' in message
+    assert 'Unexpected key(s) in state_dict: "add_embedding.linear_1.weight"' in message
 
 
 def test_v_prediction_scheduler_is_refused(tiny_folder, tmp_path):

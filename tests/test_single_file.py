@@ -21,7 +21,7 @@ from conftest import TINY_UNET_CONFIGS
 from ldm_layout import ldm_checkpoint, renamed, unet_prefixes
 from safetensors.torch import load_file, save_file
 
-from minsd.configs import load_tokenizer, read_configs
+from minsd.configs import read_configs
 from minsd.loading import load_pipeline
 from minsd.single_file import SD15_CONFIG, SD15_MAX_TOKENS, SD15_TOKENIZER
 from minsd.unet import UNet, UNetConfig
@@ -84,16 +84,16 @@ def test_the_sd15_configs_are_sd15():
     parameter counts, its schedule
     and its tokenizer (77 tokens; the known ids of a prompt)."""
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     from minsd.denoiser import scaled_linear_alphas_cumprod
 
-    configs = read_configs(SD15_CONFIG)
+    configs = read_configs(SD15_CONFIG, SD15_TOKENIZER, SD15_MAX_TOKENS)
     assert configs.unet == UNetConfig()
     with torch.device("meta"):
         unet = UNet(configs.unet)
         vae = AutoencoderKL.from_config(configs.vae)
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(configs.text_encoder))
+        text_encoder = CLIPTextModel(configs.text_encoder)
     counts = [sum(p.numel() for p in m.parameters()) for m in (unet, vae, text_encoder)]
     assert counts == [859_520_964, 83_653_863, 123_060_480]
     assert (
@@ -101,9 +101,7 @@ def test_the_sd15_configs_are_sd15():
         and 2 ** (len(vae.config.block_out_channels) - 1) == 8
     )
     assert torch.equal(configs.alphas_cumprod, scaled_linear_alphas_cumprod())
-    tokenizer = load_tokenizer(
-        SD15_TOKENIZER, configs, model_max_length=SD15_MAX_TOKENS
-    )
+    tokenizer = configs.tokenizer
     assert tokenizer.model_max_length == 77 and len(tokenizer) == 49408
     ids = tokenizer("a photograph of an astronaut riding a horse").input_ids
     assert ids == [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]
@@ -112,15 +110,14 @@ def test_the_sd15_configs_are_sd15():
 def test_without_config_the_file_is_read_as_sd15(tiny_checkpoint):
     """With no config, a single file is SD 1.5: the tiny file does not fit it, and the
     error says where."""
-    with pytest.raises(
-        ValueError, match="does not fit an SD 1.5 UNet of this config"
-    ) as info:
+    with pytest.raises(ValueError, match="does not fit the UNet of its config") as info:
         load_pipeline(tiny_checkpoint, device="cpu")
-    assert "converted from the original SD layout by diffusers" in str(info.value)
+    assert "converted from the original SD layout" in str(info.value)
     assert (
-        "shape of conv_in.weight: file (32, 4, 3, 3), expected (320, 4, 3, 3)"
-        in str(info.value)
-    )
+        "size mismatch for conv_in.weight: copying a param with shape "
+        "torch.Size([32, 4, 3, 3]) from checkpoint, the shape in current model is "
+        "torch.Size([320, 4, 3, 3])"
+    ) in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["tiny-a", "tiny-b"])
