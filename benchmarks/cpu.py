@@ -50,7 +50,8 @@ from common import (  # noqa: E402
 )
 
 from minsd.denoiser import scaled_linear_alphas_cumprod  # noqa: E402
-from minsd.pipeline import StableDiffusion, compile_unet  # noqa: E402
+from minsd.pipeline import StableDiffusion  # noqa: E402
+from minsd.speed import compile_unet  # noqa: E402
 from minsd.unet import UNet, UNetConfig  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse"

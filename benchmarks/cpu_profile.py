@@ -19,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).parent))
 from common import TINY, matmul_gflops, table, unet_flops, unet_pair  # noqa: E402
 
-from minsd.pipeline import compile_unet  # noqa: E402
+from minsd.speed import compile_unet  # noqa: E402
 from minsd.unet import UNetConfig  # noqa: E402
 
 # ATen (eager) and inductor (compiled) operators by group; the compiled graph's own

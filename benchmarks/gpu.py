@@ -88,7 +88,7 @@ from common import (  # noqa: E402
     unet_flops,
 )
 
-from minsd.pipeline import recommended_num_threads  # noqa: E402
+from minsd.speed import recommended_num_threads  # noqa: E402
 from minsd.unet import UNetConfig  # noqa: E402
 
 VARIANTS = ("diffusers-eager", "minsd-eager", "diffusers-compiled", "minsd-compiled")

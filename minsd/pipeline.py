@@ -2,12 +2,10 @@
 
 The whole loop is `StableDiffusion.generate`, below. The CLIP tokenizer and text encoder
 come from transformers and the VAE from diffusers; the UNet, the denoiser and the
-samplers are minsd's own. The arguments' checks live in checks.py; compiling the UNet
-and choosing a CPU thread count, optional speed-ups, close the module.
+samplers are minsd's own. The arguments' checks live in checks.py; the optional
+speed-ups (compiling the UNet, a CPU thread count) in speed.py.
 """
 
-import copy
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,17 +15,12 @@ from PIL import Image
 from torch import nn
 
 from .checks import (
-    check_finite_latents,
-    check_image_size,
-    check_init_image,
+    check_finite,
+    check_generate_arguments,
     check_pixels,
-    check_prompts,
-    check_sampling_arguments,
-    check_strength,
     resolve_device,
     resolve_dtype,
     warn_long_prompts,
-    warn_unused_negative_prompt,
 )
 from .denoiser import Denoiser
 from .scheduler import (
@@ -37,6 +30,7 @@ from .scheduler import (
     sample_euler_ancestral,
     sample_heun,
 )
+from .speed import compile_unet, recommended_num_threads
 from .tokenizer import token_ids
 
 if TYPE_CHECKING:
@@ -133,25 +127,15 @@ class StableDiffusion:
         return_steps: keep each step's i, sigma, x and denoised in `Generation.steps`.
         progress: show a progress bar.
         """
-        check_prompts(prompt, negative_prompt)
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        check_init_image(init_image, len(prompts), height, width)
-        img2img = init_image is not None
-        if img2img:  # the image's size, and strength 0.8 unless given
-            init_pixels = to_pixels(init_image)  # (1 or len(prompts), 3, H, W)
-            height, width = init_pixels.shape[-2:]
-            strength = 0.8 if strength is None else strength
-        height = self.default_size if height is None else height
-        width = self.default_size if width is None else width
-        check_image_size(height, width, self.vae_scale_factor)
-        check_sampling_arguments(steps, guidance, seed, num_images, sampler)
-        check_strength(strength, steps, img2img)
-        warn_unused_negative_prompt(negative_prompt, guidance)
+        prompts, height, width, strength = check_generate_arguments(
+            prompt, negative_prompt, height, width, steps, guidance, seed, num_images,
+            sampler, init_image, strength, self.default_size, self.vae_scale_factor
+        )  # fmt: skip
 
         # 1. The schedule sigma_0 > ... > sigma_N = 0 (get_sigmas refuses, before any
         # work, a spacing or step count it cannot give); img2img runs its last steps.
         sigmas = get_sigmas(self.denoiser.sigma_table, steps, spacing)  # (N + 1,)
-        if img2img:
+        if init_image is not None:
             sigmas = sigmas[steps - int(steps * strength) :]
 
         # 2. Text: the embedding c of each image's prompt, (B, T, D), and for guidance
@@ -170,8 +154,8 @@ class StableDiffusion:
         generator = torch.Generator("cpu").manual_seed(int(seed))
         noise = torch.randn(shape, generator=generator)  # n, (B, C, h, w)
         x = noise.to(self.device) * sigmas[0].item()
-        if img2img:
-            z = self.encode(init_pixels)  # (1 or len(prompts), C, h, w)
+        if init_image is not None:
+            z = self.encode(to_pixels(init_image))  # (1 or len(prompts), C, h, w)
             x = x + z.repeat_interleave(len(cond) // len(z), dim=0)
 
         # 4. Solve the ODE down to sigma = 0, recording each step if return_steps.
@@ -187,15 +171,12 @@ class StableDiffusion:
             latents = sample_euler_ancestral(
                 denoiser, x, sigmas, callback, progress, generator=generator
             )
-        else:  # a name added to SAMPLERS without a branch here
-            raise NotImplementedError(
-                f"sampler {sampler!r} is in minsd.choices.SAMPLERS, but "
-                "StableDiffusion.generate has no branch for it"
-            )
-        check_finite_latents(latents, f"{self.name}, {self.dtype} on {self.device}")
+        where = f"{self.name}, {self.dtype} on {self.device}"
+        check_finite(latents, "sampling produced NaN/inf latents", where)
 
         # 5. Latents -> pixels.
         pixels = self.decode(latents)
+        check_finite(pixels, "the VAE decoded NaN/inf pixels", where)
         recorded = [on_cpu(step) for step in recorded]
         return Generation(to_pil(pixels), pixels, latents.cpu(), sigmas, recorded)
 
@@ -232,13 +213,6 @@ class StableDiffusion:
         # back to the VAE's own latent scale
         z = latents / self.vae.config.scaling_factor
         pixels = self.vae.decode(z.to(self.device, self.dtype)).sample
-        if not torch.isfinite(pixels).all() and self.dtype != torch.float32:
-            warnings.warn(
-                f"the VAE gave NaN/inf in {self.dtype}; decoding again in float32",
-                stacklevel=2,
-            )
-            pixels = self.vae.float().decode(z.to(self.device, torch.float32)).sample
-            self.vae.to(self.dtype)
         return (pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
 
     # -- the model's numbers, and compiling -----------------------------------------
@@ -327,73 +301,3 @@ def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
     # (B, H, W, 3)
     arrays = (pixels.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
     return [Image.fromarray(a) for a in arrays]
-
-
-# -- optional speed-ups ---------------------------------------------------------------
-
-
-def compile_unet(
-    unet: nn.Module, device: torch.device, mode: str | None = None
-) -> nn.Module:
-    """torch.compile a UNet for `device`. Optional: compiling takes minutes.
-
-    CUDA: channels_last and mode "reduce-overhead" (CUDA graphs: the whole UNet
-    replays as one launch, with its buffers allocated once). CPU: inductor with
-    weight freezing, which folds the weights into the compiled graph (see
-    `FrozenCompiledUNet`). Each new latent size (or batch size) compiles its own
-    graph: static shapes give the fastest kernels. `unet` itself is left as it was.
-    """
-    if device.type == "cuda":
-        # channels_last rewrites every convolution's weights in place, so it is done
-        # to a copy: the caller's module keeps its layout. The copy holds the UNet's
-        # weights a second time until the caller drops the original
-        # (StableDiffusion.compile replaces its UNet with the compiled copy).
-        unet = copy.deepcopy(unet).to(memory_format=torch.channels_last)
-        return torch.compile(
-            unet, mode=mode or "reduce-overhead", fullgraph=True, dynamic=False
-        )
-    return FrozenCompiledUNet(unet, mode or "default")
-
-
-class FrozenCompiledUNet(nn.Module):
-    """A UNet compiled by inductor with its weights frozen into the graph, for CPUs.
-
-    Freezing is an inductor setting, read whenever a new input shape is traced and
-    compiled, so it is switched on around this module's own calls and nowhere else
-    in the process. (Passing it as torch.compile(options={"freezing": True}) does
-    not freeze: dynamo reads it before the options apply.) The weights are constants
-    of the compiled graph: changing them afterwards changes nothing.
-    """
-
-    def __init__(self, unet: nn.Module, mode: str = "default") -> None:
-        super().__init__()
-        self.config = unet.config
-        self.compiled = torch.compile(unet, mode=mode, fullgraph=True, dynamic=False)
-
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor
-    ) -> torch.Tensor:
-        from torch._inductor import config as inductor_config
-
-        with inductor_config.patch(freezing=True):
-            return self.compiled(x, t, context)
-
-
-# Below this many UNet parameters, sampling on a CPU is bound by per-operator
-# overhead, not arithmetic.
-SMALL_UNET_PARAMETERS = 50_000_000
-
-
-def recommended_num_threads(unet: nn.Module) -> int:
-    """CPU threads (torch.set_num_threads) that sample fastest with `unet`.
-
-    A choice for the caller to apply. A small UNet (the default model: 3.2 M
-    parameters, 40-80 us per operator) gains nothing from a second thread, and on a
-    busy machine every operator waits for the slowest thread: on 2-core machines, 20
-    steps of the default model took 0.33 s on one thread and 0.38 s on two when
-    quiet, 0.53 s and 0.88 s beside two busy processes, and up to 40x longer on AMD
-    EPYC. A large UNet (SD 1.5: 860 M parameters) keeps every core busy in each
-    operator: keep torch's default.
-    """
-    n_parameters = sum(p.numel() for p in unet.parameters())
-    return 1 if n_parameters < SMALL_UNET_PARAMETERS else torch.get_num_threads()

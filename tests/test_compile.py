@@ -1,11 +1,12 @@
-"""`compile_unet`: on the CPU, inductor with weight freezing, scoped to the compiled
-module's own calls; on CUDA, channels_last weights in a copy, not in the caller's UNet."""
+"""`compile_unet` (minsd/speed.py): on the CPU, inductor with weight freezing, scoped to
+the compiled module's own calls; on CUDA, channels_last weights in a copy, not in the
+caller's UNet."""
 
 import torch
 from torch import nn
 from torch._inductor import config as inductor_config
 
-from minsd.pipeline import compile_unet
+from minsd.speed import compile_unet
 
 
 class ConvNet(nn.Module):

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from minsd import load_pipeline
+import minsd.scheduler
+from minsd import SAMPLERS, load_pipeline
+from minsd.pipeline import CFGDenoiser
 from minsd.preview import latents_to_rgb
 
 SIZE = dict(height=64, width=64)
@@ -164,6 +166,39 @@ def test_nan_is_reported_not_returned(pipe):
     finally:
         with torch.no_grad():
             unet.conv_out.bias.copy_(original)
+
+
+def test_nan_pixels_are_reported_not_returned(pipe):
+    """A VAE that decodes NaN raises (no retry in another dtype); the pipeline's VAE
+    is left as it was."""
+    vae, bias = pipe.vae, pipe.vae.decoder.conv_out.bias
+    original, dtype = bias.clone(), vae.dtype
+    try:
+        with torch.no_grad():
+            bias.fill_(float("nan"))
+        with pytest.raises(FloatingPointError, match="the VAE decoded NaN/inf pixels"):
+            pipe("a red circle", steps=2, progress=False, **SIZE)
+        assert pipe.vae is vae and vae.dtype == dtype
+    finally:
+        with torch.no_grad():
+            bias.copy_(original)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_each_sampler_name_runs_its_function(pipe, sampler):
+    """generate(sampler=name) runs scheduler.py's sample_<name>: the same latents as
+    the function called by hand on the same start, schedule and denoiser."""
+    kwargs = dict(guidance=1.0, steps=3, seed=2, progress=False, **SIZE)
+    result = pipe("a red circle", sampler=sampler, **kwargs)
+    denoiser = CFGDenoiser(
+        pipe.denoiser, pipe.encode_prompts(["a red circle"]), None, 1.0
+    )
+    generator = torch.Generator("cpu").manual_seed(2)
+    x = torch.randn(result.latents.shape, generator=generator) * result.sigmas[0].item()
+    sample = getattr(minsd.scheduler, f"sample_{sampler}")
+    extra = {"generator": generator} if sampler == "euler_ancestral" else {}
+    expected = sample(denoiser, x, result.sigmas, None, False, **extra)
+    torch.testing.assert_close(result.latents, expected, rtol=0, atol=0)
 
 
 def test_euler_ancestral_matches_diffusers(pipe, tiny_reference):
