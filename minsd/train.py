@@ -9,44 +9,41 @@
 training.json).
 
 Same family and code paths as SD 1.5: an AutoencoderKL with 4 latent channels
-(diffusers), a CLIPTextModel with the real CLIP BPE tokenizer (transformers), and
-minsd's own UNet, trained to predict eps on SD's scaled_linear 1000-step schedule with
-10% of the captions dropped, so that minsd's unchanged denoiser, sampler, guidance and
-pipeline run it. 32 x 32 images and a factor-4 VAE give 8 x 8 x 4 latents.
-
-Three stages: the VAE (reconstruction), then the UNet and the text encoder together
-(denoising in the frozen VAE's latent space), then the diffusers-format folder. Runs on
-CUDA when present.
+(diffusers), a CLIPTextModel with CLIP's own tokenizer (transformers), and minsd's
+UNet, trained to predict eps on SD's scaled_linear 1000-step schedule with 10% of the
+captions dropped, so that minsd's unchanged denoiser, samplers and pipeline run it.
+32 x 32 images and a factor-4 VAE give 8 x 8 x 4 latents. Three stages: the VAE, then
+the UNet and the text encoder together (in the frozen VAE's latent space), then the
+diffusers-format folder. Runs on CUDA when present.
 """
 
 import argparse
-import copy
 import gzip
 import json
 import math
-import subprocess
 import sys
-import tempfile
 import time
-import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checks import is_positive_integer, resolve_device
-from .configs import diffusers_unet_config
-from .dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, make_dataset, render
+from .checks import check_train_config, resolve_device
+from .configs import SD15_CONFIG, diffusers_unet_config, read_json
+from .dataset import make_dataset
 from .denoiser import scaled_linear_alphas_cumprod
-from .loading import load_unet
+from .errors import InvalidValue
+from .loading import DEFAULT_MODEL, load_unet
 from .tokenizer import build_clip_tokenizer, token_ids
 from .unet import UNet, UNetConfig
 
-# ships OpenAI's BPE merges, bpe_simple_vocab_16e6.txt.gz
-CLIP_WHEEL = "clip-anytorch==2.6.0"
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
+
 UNET_CONFIG = UNetConfig(
     sample_size=8,  # 8 x 8 latents = 32 x 32 pixels
     block_out_channels=(32, 64, 64, 64),  # SD 1.5's four levels, 10x narrower
@@ -75,125 +72,47 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate of both stages (see cosine_lr)
     max_minutes: float | None = None  # stop each stage early after this long
     resume: Path | None = None  # a folder this command wrote: keep its VAE, go on
-    merges: Path | None = None  # CLIP's bpe_simple_vocab_16e6.txt.gz (None: fetch)
+    merges: Path | None = None  # CLIP's BPE merges, .txt.gz (None: the shipped ones)
     model_max_length: int = 16  # text tokens; the captions have ~9 (SD 1.5: 77)
 
     def __post_init__(self) -> None:
-        counts = {
-            "train_images": self.train_images,
-            "vae_steps": self.vae_steps,
-            "vae_batch": self.vae_batch,
-            "unet_steps": self.unet_steps,
-            "unet_batch": self.unet_batch,
-            "model_max_length": self.model_max_length,
-        }
-        for name, value in counts.items():
-            if not is_positive_integer(value):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        stop = self.unet_stop
-        if stop is not None and not (
-            is_positive_integer(stop) and stop <= self.unet_steps
-        ):
-            raise ValueError(
-                f"unet_stop must be None or an integer from 1 to unet_steps "
-                f"({self.unet_steps}), got {stop!r}"
-            )
-        if not self.lr >= 0:
-            raise ValueError(f"lr must be >= 0, got {self.lr!r}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ValueError(
-                f"max_minutes must be None or > 0, got {self.max_minutes!r}"
-            )
+        check_train_config(self)  # each setting in its range, or a refusal that says so
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """The command line (sys.argv[1:] if argv is None) -> a TrainConfig."""
-    p = argparse.ArgumentParser(
-        prog="python -m minsd.train", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--out", type=Path, default=TrainConfig.out, help="folder to write")
-    p.add_argument("--device", default=None, help="default: cuda if present, else cpu")
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--train-images", type=int, default=TrainConfig.train_images)
-    p.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
-    p.add_argument("--vae-batch", type=int, default=TrainConfig.vae_batch)
-    p.add_argument(
-        "--unet-steps",
-        type=int,
-        default=TrainConfig.unet_steps,
-        help="the length of the UNet's learning-rate schedule",
-    )
-    p.add_argument(
-        "--unet-stop",
-        type=int,
-        default=None,
-        help="stop the UNet stage after this many steps (the schedule still spans "
-        "--unet-steps)",
-    )
-    p.add_argument("--unet-batch", type=int, default=TrainConfig.unet_batch)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument(
-        "--max-minutes",
-        type=float,
-        default=None,
-        help="stop each stage early after this much time",
-    )
-    p.add_argument(
-        "--resume",
-        type=Path,
-        default=None,
-        help="a folder this command wrote: keep its VAE and tokenizer, continue "
-        "training its UNet and text encoder",
-    )
-    p.add_argument(
-        "--merges",
-        type=Path,
-        default=None,
-        help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: fetch from PyPI)",
-    )
-    p.add_argument(
-        "--model-max-length",
-        type=int,
-        default=TrainConfig.model_max_length,
-        help="text tokens; captions are ~9 (SD: 77)",
-    )
+    """The command line (sys.argv[1:] if argv is None) -> a TrainConfig: a flag per
+    field, of the field's type (X for X | None) and default."""
+    about = "Each flag sets the field of its name of TrainConfig (minsd/train.py)."
+    parser = argparse.ArgumentParser("python -m minsd.train", description=about)
+    for field in fields(TrainConfig):
+        kind = [t for t in get_args(field.type) or [field.type] if t is not type(None)]
+        flag = "--" + field.name.replace("_", "-")
+        parser.add_argument(
+            flag, type=kind[0], default=field.default, help="default: %(default)s"
+        )
     try:
-        return TrainConfig(**vars(p.parse_args(argv)))
+        return TrainConfig(**vars(parser.parse_args(argv)))
     except ValueError as err:  # a setting out of range: say so as argparse does
-        p.error(str(err))
+        parser.error(str(err))
 
 
 # --------------------------------------------------------------------------------------
 # Components
 
 
-def clip_merges(path: Path | None) -> list[tuple[str, str]]:
-    """OpenAI CLIP's 48,894 BPE merges, from the given .gz or from the clip-anytorch
-    wheel on PyPI."""
-    if path is None:
-        folder = Path(tempfile.mkdtemp())
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                CLIP_WHEEL,
-                "-d",
-                folder,
-            ],
-            check=True,
-        )
-        wheel = zipfile.ZipFile(next(folder.glob("*.whl")))
-        data = wheel.read("clip/bpe_simple_vocab_16e6.txt.gz")
-    else:
-        data = path.read_bytes()
-    lines = gzip.decompress(data).decode("utf-8").split("\n")
-    # The vocabulary has 49,408 entries: 512 byte symbols, 48,894 merges, 2
-    # special tokens.
-    return [tuple(line.split()) for line in lines[1 : 49408 - 512 - 2 + 1]]
+def clip_tokenizer(merges: Path | None, model_max_length: int) -> "CLIPTokenizer":
+    """OpenAI CLIP's tokenizer: the one the default model ships, or one built from a
+    merges file (CLIP's bpe_simple_vocab_16e6.txt.gz, or any in its format)."""
+    from transformers import CLIPTokenizer
+
+    if merges is None:
+        folder = DEFAULT_MODEL / "tokenizer"
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=model_max_length)
+    lines = gzip.decompress(merges.read_bytes()).decode("utf-8").split("\n")
+    # a version line, then one merge per line: 48,894 of them in CLIP's file (the
+    # vocabulary: 512 byte symbols, the merges, 2 special tokens = 49,408)
+    pairs = [tuple(line.split()) for line in lines[1 : 49408 - 512 - 2 + 1] if line]
+    return build_clip_tokenizer(pairs, model_max_length)
 
 
 def make_vae():
@@ -207,9 +126,7 @@ def make_vae():
         block_out_channels=(32, 64, 64),
         layers_per_block=1,
         latent_channels=4,
-        # few groups: GroupNorm must not normalise away the colours of flat
-        # images
-        norm_num_groups=2,
+        norm_num_groups=2,  # few: GroupNorm must keep the colours of flat images
         sample_size=32,
     )
 
@@ -234,14 +151,7 @@ def make_text_encoder(vocab_size: int, max_length: int):
 
 def to_unit_range(images: np.ndarray, device) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1]."""
-    return (
-        torch.from_numpy(images)
-        .permute(0, 3, 1, 2)
-        .float()
-        .div(127.5)
-        .sub(1)
-        .to(device)
-    )
+    return (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -296,20 +206,13 @@ def train_vae(vae, images: torch.Tensor, config: TrainConfig) -> int:
 @torch.no_grad()
 def encode(vae, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """Images -> the posterior means (N, 4, h, w), unscaled."""
-    return torch.cat(
-        [
-            vae.encode(images[i : i + batch]).latent_dist.mode()
-            for i in range(0, len(images), batch)
-        ]
-    )
+    return torch.cat([vae.encode(x).latent_dist.mode() for x in images.split(batch)])
 
 
 @torch.no_grad()
 def reconstruction_psnr(vae, images: torch.Tensor) -> float:
-    reconstructions = torch.cat(
-        [vae.decode(z).sample for z in encode(vae, images).split(512)]
-    )
-    return psnr(reconstructions, images)
+    latents = encode(vae, images).split(512)
+    return psnr(torch.cat([vae.decode(z).sample for z in latents]), images)
 
 
 # --------------------------------------------------------------------------------------
@@ -384,124 +287,6 @@ def train_unet(
     return len(bar), ema
 
 
-# A UNet small enough to learn something in seconds on one CPU thread (for the book's
-# training chapter).
-BRIEF_UNET_CONFIG = UNetConfig(
-    sample_size=8,
-    block_out_channels=(32, 64),  # two levels: 8 x 8 and 4 x 4
-    layers_per_block=1,
-    num_heads=4,
-    cross_attention_dim=32,  # the default model's text encoder
-    norm_num_groups=8,
-)
-
-
-@dataclass
-class BriefRun:
-    """What `train_briefly` returns: the loss of every step and copies of the UNet taken
-    during the run."""
-
-    losses: list[float]  # the (min-SNR weighted) loss of each step
-    seconds: list[float]  # the time of each step's end, from the start of training
-    # (steps taken, seconds, the UNet after them), in order
-    checkpoints: list[tuple[int, float, UNet]]
-
-
-def centred_scenes(
-    kinds: list[tuple[str, str, str]], n: int, seed: int, image_size: int = 32
-) -> list[Scene]:
-    """n scenes that cycle through `kinds`, (colour, shape, background) triples, each
-    shape centred in its image and large (0.6 to 0.8 of its width, at random): a
-    target small enough to learn in seconds (the book's live run)."""
-    unknown = [
-        kind
-        for kind in kinds
-        if kind[0] not in COLOURS or kind[1] not in SHAPES or kind[2] not in BACKGROUNDS
-    ]
-    if unknown:
-        raise ValueError(
-            f"unknown (colour, shape, background) {unknown}; allowed: "
-            f"{list(COLOURS)}, {list(SHAPES)}, {list(BACKGROUNDS)}"
-        )
-    rng = np.random.default_rng(seed)
-    centre = image_size / 2
-    scenes = []
-    for k in range(n):
-        colour, shape, background = kinds[k % len(kinds)]
-        size = rng.uniform(0.6, 0.8) * image_size
-        scenes.append(Scene(shape, colour, background, centre, centre, size))
-    return scenes
-
-
-def train_briefly(
-    pipe,
-    config: TrainConfig,
-    kinds: list[tuple[str, str, str]] | None = None,
-    unet_config: UNetConfig = BRIEF_UNET_CONFIG,
-    checkpoint_times: tuple[float, ...] = (0.25, 0.5),
-) -> BriefRun:
-    """Train a fresh UNet of `unet_config` with `train_unet`, in the latent space of
-    `pipe`'s VAE and with its text encoder (both frozen), on `config.train_images`
-    images, for `config.unet_stop or config.unet_steps` steps or until
-    `config.max_minutes` have passed.
-
-    The images are minsd.dataset's random scenes, or, if `kinds` is given, those
-    (colour, shape, background) triples with each shape centred (`centred_scenes`).
-    A copy of the UNet is kept before the first step, at each of `checkpoint_times`
-    (fractions of the steps or of the time, whichever comes first) and at the end.
-    """
-    size = pipe.default_size
-    if kinds is None:
-        images, scenes = make_dataset(config.train_images, config.seed, size)
-    else:
-        scenes = centred_scenes(kinds, config.train_images, config.seed, size)
-        images = np.stack([render(scene, size) for scene in scenes])  # (N, H, W, 3)
-    # (N, 3, H, W) in [0, 1]
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    latents = pipe.encode(pixels)  # (N, 4, h, w), scaled: the y of training
-    captions = token_ids(pipe.tokenizer, [s.caption for s in scenes], pipe.device)
-    empty = token_ids(pipe.tokenizer, [""], pipe.device)  # (1, T)
-    # a seeded initialisation, leaving the global generator as it was
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        # float32, also where pipe samples in float16
-        unet = UNet(unet_config).to(pipe.device).train()
-    # frozen: AdamW skips it
-    text_encoder = copy.deepcopy(pipe.text_encoder).float().requires_grad_(False)
-    steps = config.unet_stop or config.unet_steps
-    seconds = math.inf if config.max_minutes is None else 60 * config.max_minutes
-
-    def snapshot(steps_taken: int, elapsed: float) -> tuple[int, float, UNet]:
-        return steps_taken, elapsed, copy.deepcopy(unet).eval().requires_grad_(False)
-
-    run = BriefRun(losses=[], seconds=[], checkpoints=[snapshot(0, 0.0)])
-    pending = sorted(checkpoint_times)
-    start = time.monotonic()
-
-    def record(step: dict) -> None:
-        elapsed = time.monotonic() - start
-        run.losses.append(step["loss"])
-        run.seconds.append(elapsed)
-        while pending and (
-            elapsed >= pending[0] * seconds or step["step"] + 1 >= pending[0] * steps
-        ):
-            pending.pop(0)
-            run.checkpoints.append(snapshot(step["step"] + 1, elapsed))
-
-    taken, _ = train_unet(
-        unet,
-        text_encoder,
-        latents,
-        captions,
-        empty,
-        config,
-        callback=record,
-        progress=False,
-    )
-    run.checkpoints.append(snapshot(taken, time.monotonic() - start))
-    return run
-
-
 # --------------------------------------------------------------------------------------
 # Stage 3: the folder
 
@@ -509,13 +294,9 @@ def train_briefly(
 def loss_curve(losses: list[float], window: int = 10) -> list[list[float]]:
     """[[last step of the window, mean loss over the window], ...]: the training curve,
     small enough to keep."""
-    return [
-        [
-            min(i + window, len(losses)),
-            round(sum(losses[i : i + window]) / len(losses[i : i + window]), 5),
-        ]
-        for i in range(0, len(losses), window)
-    ]
+    chunks = [losses[i : i + window] for i in range(0, len(losses), window)]
+    ends = [min(i + window, len(losses)) for i in range(0, len(losses), window)]
+    return [[end, round(sum(c) / len(c), 5)] for end, c in zip(ends, chunks)]
 
 
 def preview_factors(latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -535,39 +316,30 @@ def save_folder(
     from diffusers import EulerDiscreteScheduler
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "unet").mkdir(exist_ok=True)
-    (out / "unet" / "config.json").write_text(
-        json.dumps(diffusers_unet_config(unet.config), indent=2) + "\n"
-    )
+    def write_json(path: Path, value: object, indent: int | None = 2) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value, indent=indent) + "\n")
+
+    write_json(out / "unet" / "config.json", diffusers_unet_config(unet.config))
     state = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
     save_file(state, out / "unet" / "diffusion_pytorch_model.safetensors")
     vae.save_pretrained(out / "vae", safe_serialization=True)
-    (out / "vae" / "preview_factors.json").write_text(
-        json.dumps(factors.tolist()) + "\n"
-    )
+    write_json(out / "vae" / "preview_factors.json", factors.tolist(), indent=None)
     text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(out / "tokenizer")
-    EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="linspace",
-    ).save_pretrained(out / "scheduler")
-    model_index = {
-        "_class_name": "StableDiffusionPipeline",
-        "feature_extractor": [None, None],
-        "safety_checker": [None, None],
-        "requires_safety_checker": False,
-        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (out / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
-    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    # SD 1.5's training schedule, sampled by Euler with linspace spacing
+    sd15 = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    scheduler = EulerDiscreteScheduler(
+        **sd15, steps_offset=1, timestep_spacing="linspace"
+    )
+    scheduler.save_pretrained(out / "scheduler")
+    # SD 1.5's parts, with that scheduler
+    model_index = read_json(SD15_CONFIG / "model_index.json")
+    write_json(
+        out / "model_index.json",
+        model_index | {"scheduler": ["diffusers", "EulerDiscreteScheduler"]},
+    )
+    write_json(out / "training.json", record)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -583,8 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     images = to_unit_range(images_np, device)  # (N, 3, H, W) in [-1, 1]
     held_out = to_unit_range(held_out_np, device)
     if config.resume is None:
-        merges = clip_merges(config.merges)
-        tokenizer = build_clip_tokenizer(merges, config.model_max_length)
+        tokenizer = clip_tokenizer(config.merges, config.model_max_length)
         vae = make_vae().to(device)
         vae_steps = train_vae(vae.train(), images, config)
     else:
@@ -593,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
 
         tokenizer = CLIPTokenizer.from_pretrained(config.resume / "tokenizer")
         if tokenizer.model_max_length != config.model_max_length:
-            raise ValueError(
+            raise InvalidValue(
                 f"--model-max-length {config.model_max_length} differs from the "
                 f"{tokenizer.model_max_length} tokens of {config.resume / 'tokenizer'}"
             )
@@ -620,46 +391,33 @@ def main(argv: list[str] | None = None) -> None:
         unet = load_unet(config.resume / "unet").to(device).train()
         text_encoder = CLIPTextModel.from_pretrained(config.resume / "text_encoder")
         text_encoder = text_encoder.to(device).train()
-    # the (min-SNR weighted) loss of every UNet step, for the record's curve
-    losses = []
-    unet_steps, ema = train_unet(
-        unet,
-        text_encoder,
-        latents,
-        captions,
-        empty,
-        config,
-        callback=lambda step: losses.append(step["loss"]),
-    )
+    steps = []  # each UNet step's {"step", "loss"}, for the record's loss curve
+    data = latents, captions, empty
+    unet_steps, ema = train_unet(unet, text_encoder, *data, config, steps.append)
     with torch.no_grad():
-        for p, average in zip(
-            list(unet.parameters()) + list(text_encoder.parameters()), ema
-        ):
+        for p, average in zip([*unet.parameters(), *text_encoder.parameters()], ema):
             p.copy_(average)
 
+    arguments = sys.argv[1:] if argv is None else argv
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    # every setting, as the command line gave it, with the device it resolved to
+    settings = {k: str(v) for k, v in asdict(config).items()} | {"device": str(device)}
     record = {
-        "command": "python -m minsd.train "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        # every setting, as the command line gave it, with the device it resolved to
-        "args": {k: str(v) for k, v in asdict(config).items()}
-        | {"device": str(device)},
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else "cpu",
+        "command": " ".join(["python -m minsd.train", *arguments]),
+        "args": settings,
+        "device": gpu,
         "torch": torch.__version__,
         "vae_steps": vae_steps,
         "unet_steps": unet_steps,
         "vae_held_out_psnr_db": round(vae_psnr, 2),
         "minutes": round((time.time() - start) / 60, 1),
-        "unet_loss_curve": loss_curve(losses),
+        "unet_loss_curve": loss_curve([step["loss"] for step in steps]),
     }
     if config.resume is not None:
-        resumed_from = (config.resume / "training.json").read_text()
-        record["resumed_from"] = json.loads(resumed_from)
+        record["resumed_from"] = read_json(config.resume / "training.json")
     factors = preview_factors(latents[:2000], images[:2000])
-    save_folder(
-        config.out, unet.eval(), vae, text_encoder.eval(), tokenizer, factors, record
-    )
+    modules = unet.eval(), vae, text_encoder.eval(), tokenizer
+    save_folder(config.out, *modules, factors, record)
     print(json.dumps(record, indent=2))
 
 

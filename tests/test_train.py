@@ -5,6 +5,7 @@ import gzip
 import json
 import shlex
 from dataclasses import asdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -12,13 +13,14 @@ import torch
 from conftest import TINY_MERGES
 
 from minsd import load_pipeline
+from minsd.book_training import train_briefly
 from minsd.loading import DEFAULT_MODEL
 from minsd.train import (
     EMA_DECAY,
     TrainConfig,
+    clip_tokenizer,
     main,
     parse_args,
-    train_briefly,
     train_unet,
 )
 from minsd.unet import UNet, UNetConfig
@@ -108,6 +110,34 @@ def test_recorded_commands_parse_to_recorded_settings():
         assert {k: str(getattr(config, k)) for k in same} == {
             k: run["args"][k] for k in same
         }
+
+
+def test_the_shipped_tokenizer_is_clips(tmp_path):
+    """Without --merges, training uses the tokenizer the default model ships (nothing is
+    downloaded): CLIP's ids for a known prompt (FACTS), and the same vocabulary as one
+    built from its merges written in CLIP's file format."""
+    shipped = clip_tokenizer(None, 77)
+    ids = shipped("a photograph of an astronaut riding a horse").input_ids
+    assert ids == [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]
+    assert len(shipped) == 49408 and shipped.model_max_length == 77
+    tokenizer_json = json.loads(
+        (DEFAULT_MODEL / "tokenizer/tokenizer.json").read_text()
+    )
+    lines = ["#version: 0.2", *(" ".join(m) for m in tokenizer_json["model"]["merges"])]
+    merges = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
+    merges.write_bytes(gzip.compress("\n".join(lines).encode()))
+    assert clip_tokenizer(merges, 16).get_vocab() == shipped.get_vocab()
+
+
+def test_every_setting_is_a_flag():
+    """The command line has one flag per TrainConfig field, of its type and default."""
+    config = parse_args(
+        ["--unet-stop", "5", "--lr", "0.5", "--out", "x", "--device", "cpu"]
+    )
+    assert config == TrainConfig(unet_stop=5, lr=0.5, out=Path("x"), device="cpu")
+    assert parse_args([]) == TrainConfig()
+    with pytest.raises(SystemExit):
+        parse_args(["--unet-batch", "0"])  # refused as argparse refuses
 
 
 @pytest.mark.parametrize(
