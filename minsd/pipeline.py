@@ -240,7 +240,7 @@ class StableDiffusion:
 class CFGDenoiser(nn.Module):
     """Classifier-free guidance: D = D_uncond + g (D_cond - D_uncond).
 
-    D_cond = D(x; sigma, c) and D_uncond = D(x; sigma, c_uncond). Ho & Salimans (2022)
+    D_cond = D(x; sigma, c) and D_uncond = D(x; sigma, c_uncond). Ho & Salimans (2021)
     guide the predicted noise; with c_skip = 1 and c_out = -sigma, D is affine in eps,
     so guiding D is the same. g = 1 is the plain conditional model (one UNet pass).
     """
