@@ -51,8 +51,14 @@ NOTEBOOK_STATE = r"""() => {
   const codeSpans = markdown.flatMap((c) => [...c.querySelectorAll(".jp-MarkdownOutput code, .myst code")].map((e) => e.textContent));
   // An error or a warning in an output (a notice on stderr, such as which model a
   // chapter loads, is not one).
+  // (A listing of the package's code, minsd.book.listing, is code, not a message.)
+  const message = (o) => {
+    const shown = o.cloneNode(true);
+    shown.querySelectorAll("pre code, .highlight").forEach((e) => e.remove());
+    return shown.textContent;
+  };
   const errors = [...panel.querySelectorAll(".jp-OutputArea-output")].filter((o) =>
-    /Traceback \(most recent call last\)|\b\w*(Error|Warning)\b/.test(o.textContent))
+    /Traceback \(most recent call last\)|\b\w*(Error|Warning)\b/.test(message(o)))
     .map((o) => o.textContent.slice(0, 300));
   const stray = [...panel.querySelectorAll(".jp-OutputArea-output")].filter((o) =>
     /^<function |^<matplotlib\.|^interactive\(children=/.test(o.textContent.trim())).map((o) => o.textContent.slice(0, 120));

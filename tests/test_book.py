@@ -93,7 +93,10 @@ READING_PROBLEMS = r"""() => {
     }
   }
   for (const output of main.querySelectorAll("div.cell_output")) {
-    const found = output.textContent.match(/Traceback|KeyboardInterrupt|\b\w*(Error|Warning)\b|\{glue/);
+    // a listing of the package's code (minsd.book.listing) is code, not a message
+    const shown = output.cloneNode(true);
+    shown.querySelectorAll("[class*='highlight-python']").forEach((e) => e.remove());
+    const found = shown.textContent.match(/Traceback|KeyboardInterrupt|\b\w*(Error|Warning)\b|\{glue/);
     if (found) problems.push(`"${found[0]}" in an output: ${clip(output.textContent)}`);
   }
   if (main.textContent.includes("{glue")) problems.push("an unresolved {glue} role");
