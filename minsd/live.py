@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .dataset import BACKGROUNDS, COLOURS, SHAPES, all_captions
+from .denoiser import vp_coefficients
 from .loading import DEFAULT_MODEL, load_pipeline
 from .pipeline import StableDiffusion
 
@@ -118,8 +119,9 @@ def networks(pipe: StableDiffusion, embeddings: torch.Tensor) -> list[tuple]:
     generator = torch.Generator("cpu").manual_seed(0)
     sigma = torch.tensor([14.6, 0.9], dtype=torch.float64)  # one high, one low level
     noise = torch.randn(2, channels, size, size, generator=generator)
-    # c_in x for x = sigma n: what the UNet reads
-    x_in = noise * (sigma**2 / (sigma**2 + 1)).sqrt().float()[:, None, None, None]
+    x = sigma.float()[:, None, None, None] * noise  # x = sigma n
+    c_in = vp_coefficients(sigma, pipe.denoiser.sigma_table)[2]  # (2,)
+    x_in = c_in.float()[:, None, None, None] * x  # c_in x: what the UNet reads
     t = torch.tensor([999.0, 412.37])  # fractional, as the samplers give
     context = embeddings[[0, 5]]  # (2, T, D): uncond, one caption
     unet_inputs = {"x": x_in, "t": t, "context": context}
