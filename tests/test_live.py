@@ -649,6 +649,7 @@ def test_loop_try_lines_hold(open_page):
     image = canvas_image(root, "canvas.minsd-result")
     denoised_0 = canvas_image(root, "canvas.minsd-pixels", 1)  # at step 0
     assert "D(x₀; σ₀)" in text and "no shape" in text
+    assert root.locator(".minsd-highlight canvas.minsd-result").count() == 1  # look
     assert np.abs(image.astype(int) - denoised_0).max() <= 1
     assert shape_and_colour(image)[1] is None
 

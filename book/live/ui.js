@@ -5,7 +5,7 @@
 //   widget.set({steps: 1, ...})   set controls by name, as a reader would (no run yet)
 //   await widget.run()            compute what the controls now say (loading the
 //                                 model first if it needs one); resolves when drawn
-//   widget.highlight("image")     outline one part by name (null: none)
+//   widget.highlight("image")     outline one part, or a control, by name (null: none)
 //   widget.controls, widget.parts the named controls and parts
 //
 // The book's settings (globalThis.minsdLiveConfig) come from the build
@@ -246,8 +246,13 @@
       },
       run,
       highlight(name) {
-        for (const part of Object.values(parts)) part.classList.remove("minsd-highlight");
-        if (name !== null) parts[name].classList.add("minsd-highlight");
+        for (const e of root.querySelectorAll(".minsd-highlight")) {
+          e.classList.remove("minsd-highlight");
+        }
+        if (name === null) return api;
+        const element = parts[name] ?? controls[name]?.root;
+        if (element === undefined) throw new RangeError(`no part or control '${name}'`);
+        element.classList.add("minsd-highlight");
         return api;
       },
     };
