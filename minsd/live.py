@@ -16,6 +16,10 @@ here as `generate` computes it: the text embedding of every caption of the defau
 model's vocabulary and of the empty prompt (the page runs no text encoder), and the
 starting noise n of every seed the page offers, drawn from torch's CPU generator.
 
+Each widget also opens on a picture, before the reader loads anything: `first_results`
+draws, with minsd, what the widget's Run would draw for its opening controls (the
+`*_DEFAULTS` below), and the book build writes it into the pages' settings.
+
 Every file is written as a classic script that stores its contents in
 `globalThis.minsdLiveFiles[name]` (bytes as base64): Chromium refuses to fetch files or
 import modules from a page opened from disk (file://), but runs classic scripts, so
@@ -31,11 +35,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torch import nn
 
+from . import toy
+from .choices import SAMPLERS, SPACINGS
 from .dataset import BACKGROUNDS, COLOURS, SHAPES, all_captions
+from .denoiser import vp_coefficients
 from .loading import DEFAULT_MODEL, load_pipeline
 from .pipeline import StableDiffusion
+from .preview import latents_to_rgb
 
 # The largest difference allowed between onnxruntime's output and PyTorch's.
 PARITY_TOLERANCE = 1e-4
@@ -45,10 +54,41 @@ OPSET = 17
 # The names of the files `export` writes (each as NAME.js).
 NETWORKS = ("unet.onnx", "vae_decoder.onnx", "vae_encoder.onnx")
 DATA = "data.json"
+# Plain JSON for the book build, which writes it into the pages (not a page's file).
+FIRST_RESULTS = "first_results.json"
 # From the npm package onnxruntime-web (its dist/ folder): the WebAssembly build as one
 # ES module with its loader built in, and the binary it runs.
 RUNTIME = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm")
 SCRIPT_START = "(globalThis.minsdLiveFiles ??= {})"
+# The samplers the page runs: minsd.SAMPLERS but euler_ancestral, whose fresh noise at
+# every step continues torch's generator (the page has only each seed's first draw).
+PAGE_SAMPLERS = tuple(s for s in SAMPLERS if s != "euler_ancestral")
+PAGE_SPACINGS = SPACINGS
+# What each widget opens with (see first_results). The loop: chapter 7's settings,
+# with the step slider at the middle of the loop.
+LOOP_DEFAULTS = dict(
+    prompt="a red circle on a black background",
+    seed=0,
+    steps=20,
+    guidance=7.5,
+    sampler="euler",
+    spacing="linspace",
+)
+LOOP_STEP_SHOWN = 10
+# Image to image: chapter 10's red circle and prompt, with its advice for an edit
+# that keeps the drawing: guidance 1 and a small sigma_k (strength 0.04 of 50 steps
+# starts at sigma_k = 0.14; the circle turns blue from 0.08 on).
+IMG2IMG_DEFAULTS = dict(
+    prompt="a blue square on a black background",
+    seed=0,
+    steps=50,
+    guidance=1.0,
+    strength=0.04,
+)
+# The toy of chapter 2: the seeds of minsd.toy.starting_points the page offers, and the
+# reference its mean error is measured against (Heun with this many steps).
+TOY_SEEDS = 20
+TOY_REFERENCE_STEPS = 400
 
 
 class ParityError(RuntimeError):
@@ -107,6 +147,8 @@ def export(out: Path, num_seeds: int = NUM_SEEDS) -> dict:
             write_script(out / f"{name}.js", name, base64_text(onnx_bytes))
         data = page_data(pipe, prompts, embeddings, num_seeds, parity)
         write_script(out / f"{DATA}.js", DATA, data)
+        first = first_results(pipe)
+        (out / FIRST_RESULTS).write_text(json.dumps(first, separators=(",", ":")))
     return parity
 
 
@@ -118,8 +160,9 @@ def networks(pipe: StableDiffusion, embeddings: torch.Tensor) -> list[tuple]:
     generator = torch.Generator("cpu").manual_seed(0)
     sigma = torch.tensor([14.6, 0.9], dtype=torch.float64)  # one high, one low level
     noise = torch.randn(2, channels, size, size, generator=generator)
-    # c_in x for x = sigma n: what the UNet reads
-    x_in = noise * (sigma**2 / (sigma**2 + 1)).sqrt().float()[:, None, None, None]
+    x = sigma.float()[:, None, None, None] * noise  # x = sigma n
+    c_in = vp_coefficients(sigma, pipe.denoiser.sigma_table)[2]  # (2,)
+    x_in = c_in.float()[:, None, None, None] * x  # c_in x: what the UNet reads
     t = torch.tensor([999.0, 412.37])  # fractional, as the samplers give
     context = embeddings[[0, 5]]  # (2, T, D): uncond, one caption
     unet_inputs = {"x": x_in, "t": t, "context": context}
@@ -211,6 +254,70 @@ def page_data(
     }
 
 
+def first_results(pipe: StableDiffusion) -> dict:
+    """What each widget shows before the reader runs anything, drawn by minsd with the
+    widget's opening controls: {widget: settings}. Images are 8-bit, (3, H, W) each,
+    as base64; the page draws them as they are.
+
+    loop: generate(**LOOP_DEFAULTS); per step i, the preview of c_in x_i (what the
+    UNet reads) and D(x_i; sigma_i) decoded, as the widget's step slider shows them.
+    img2img: the drawing (chapter 10's red circle) and generate's result from it.
+    toy: the starting points of chapter 2 for seeds 0 .. TOY_SEEDS - 1 (torch's
+    generator, which the page cannot reproduce), float64.
+    """
+    table = pipe.denoiser.sigma_table
+    loop = pipe.generate(**LOOP_DEFAULTS, return_steps=True, progress=False)
+    # c_in x_i, eq. (3.4), with the schedule's float64 sigma_i
+    x_in = torch.cat(
+        [
+            vp_coefficients(sigma, table)[2].float() * step["x"]
+            for sigma, step in zip(loop.sigmas, loop.steps)
+        ]
+    )  # (N, C, h, w)
+    previews = latents_to_rgb(x_in, pipe.preview_factors)  # (N, 3, h, w)
+    decoded = pipe.decode(torch.cat([step["denoised"] for step in loop.steps]))
+    drawing = hand_drawn_circle(pipe.default_size)  # (3, H, W) in [0, 1]
+    edit = pipe.generate(init_image=drawing[None], **IMG2IMG_DEFAULTS, progress=False)
+    points = torch.stack([toy.starting_points(seed) for seed in range(TOY_SEEDS)])
+    return {
+        "loop": {
+            "defaults": LOOP_DEFAULTS,
+            "step": LOOP_STEP_SHOWN,
+            "pixels": uint8_base64(loop.pixels[0]),  # (3, H, W)
+            "previews": uint8_base64(previews),  # (N, 3, h, w)
+            "decoded": uint8_base64(decoded),  # (N, 3, H, W)
+        },
+        "img2img": {
+            "defaults": IMG2IMG_DEFAULTS,
+            "drawing": uint8_base64(drawing),  # (3, H, W)
+            "pixels": uint8_base64(edit.pixels[0]),  # (3, H, W)
+        },
+        "toy": {
+            "num_seeds": TOY_SEEDS,
+            "num_points": points.shape[1],
+            "sigma_max": 20.0,  # toy.starting_points' default
+            "reference_steps": TOY_REFERENCE_STEPS,
+            "starting_points": float64_base64(points),  # (TOY_SEEDS, n, 2)
+        },
+    }
+
+
+def hand_drawn_circle(size: int) -> torch.Tensor:
+    """Chapter 10's drawing: a red circle drawn as by hand, a 24-gon whose radius
+    wobbles by about 8 %, on black. (3, H, W) pixels in [0, 1]: exactly 8-bit values."""
+    rng = np.random.default_rng(0)
+    angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    radii = 0.28 * size * (1 + 0.08 * rng.standard_normal(24))
+    centre_x, centre_y = 0.48 * size, 0.52 * size
+    outline = list(
+        zip(centre_x + radii * np.cos(angles), centre_y + radii * np.sin(angles))
+    )
+    image = Image.new("RGB", (size, size), (20, 20, 20))
+    ImageDraw.Draw(image).polygon(outline, fill=(205, 50, 45))
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)
+    return pixels.permute(2, 0, 1)  # (3, H, W)
+
+
 def write_runtime(dist: Path, out: Path) -> None:
     """ONNX Runtime Web from its npm package's dist/ folder, as classic scripts in
     `out`: the module bundle as text, the WebAssembly binary as base64."""
@@ -232,6 +339,17 @@ def write_runtime(dist: Path, out: Path) -> None:
 
 def float32_base64(tensor: torch.Tensor) -> str:
     array = tensor.detach().cpu().numpy().astype("<f4", copy=False)
+    return base64_text(np.ascontiguousarray(array).tobytes())
+
+
+def float64_base64(tensor: torch.Tensor) -> str:
+    array = tensor.detach().cpu().numpy().astype("<f8", copy=False)
+    return base64_text(np.ascontiguousarray(array).tobytes())
+
+
+def uint8_base64(pixels: torch.Tensor) -> str:
+    """Pixels in [0, 1] as 8-bit values (rounded), base64."""
+    array = (pixels.detach().cpu() * 255).round().to(torch.uint8).numpy()
     return base64_text(np.ascontiguousarray(array).tobytes())
 
 

@@ -10,8 +10,13 @@ Run button), reads the result from the page, and compares it with the package:
   `get_sigmas`, and D(x_i; sigma_i) decoded at a chosen step against `pipe.decode`;
 - image to image: the image drawn by mouse, read back from the page, given to
   `pipe.generate(..., init_image=..., strength=...)`;
-- the toy: the page's sampler paths against `minsd.toy.trajectory` with minsd's
-  samplers, from the page's own starting points;
+- the toy: the page's sampler paths and mean error against minsd's samplers on
+  minsd.toy, from chapter 2's starting points;
+- each widget opens on minsd's result for its opening controls, before any Run, and
+  the page computes the same picture when run; each "try this" line's claim holds for
+  what the widget draws; the schedules of the page equal `get_sigmas` for every
+  spacing and N = 1..100; a chapter's fallback paragraph gives way to the widget; on a
+  phone the widgets fit the column, with controls a finger can hit;
 - a failed load (no WebAssembly, a missing file) shows one line in the widget and
   leaves the page's precomputed figures; nothing is fetched from outside the book.
 
@@ -28,14 +33,17 @@ import shutil
 import threading
 from pathlib import Path
 
+import book_checks
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import minsd
-from minsd import toy
+from minsd import live, toy
+from minsd.dataset import COLOURS, classify, nearest
 from minsd.loading import DEFAULT_MODEL, load_pipeline
+from minsd.preview import latents_to_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "tests" / "output" / "live"
@@ -300,9 +308,9 @@ def test_loop_widget_draws_minsds_images(open_page, pipe):
 IMG2IMG_RUNS = {
     "file": [dict(colour="blue", shape="square", background="black", strength=0.6,
                   steps=20, guidance=7.5, seed=0),
-             dict(colour="blue", shape="square", background="black", strength=0.85,
+             dict(colour="blue", shape="square", background="black", strength=0.86,
                   steps=20, guidance=7.5, seed=0)],
-    "http": [dict(colour="red", shape="triangle", background="white", strength=0.45,
+    "http": [dict(colour="red", shape="triangle", background="white", strength=0.46,
                   steps=25, guidance=6.0, seed=5),
              dict(colour="red", shape="triangle", background="white", strength=1.0,
                   steps=25, guidance=6.0, seed=5)],
@@ -369,46 +377,82 @@ def test_img2img_widget_draws_minsds_images(open_page, pipe):
         screenshot(root, f"img2img_{open_page.kind}_{k}")
 
 
-@pytest.mark.parametrize("sampler", ["euler", "heun"])
-def test_toy_widget_follows_minsds_samplers(open_page, sampler):
-    """The toy's paths for N steps, and its 200-step Heun reference, are minsd's
-    samplers on minsd.toy's exact mixture denoiser, from the page's starting points."""
+@functools.cache
+def chapter_2_reference(seed: int) -> torch.Tensor:
+    """The endpoints of 400 Heun steps from minsd.toy.starting_points(seed): (40, 2)."""
+    fine_schedule = minsd.karras_sigmas(live.TOY_REFERENCE_STEPS + 1, 0.0, 20.0)
+    return minsd.sample_heun(
+        toy.example_mixture(), toy.starting_points(seed), fine_schedule
+    )
+
+
+def chapter_2_error(sampler, seed: int, n_steps: int) -> tuple[torch.Tensor, float]:
+    """Chapter 2's measure: the sampler's path from minsd.toy.starting_points(seed) on
+    karras_sigmas(N + 1, 0, 20), and its mean endpoint distance to 400 Heun steps."""
+    schedule = minsd.karras_sigmas(n_steps + 1, sigma_min=0.0, sigma_max=20.0)
+    path = toy.trajectory(
+        sampler, toy.example_mixture(), toy.starting_points(seed), schedule
+    )
+    return path, (path[-1] - chapter_2_reference(seed)).norm(dim=1).mean().item()
+
+
+def toy_state(page, root, **controls) -> dict:
+    """Set the toy's controls and read what it computed."""
+    for label, value in controls.items():
+        if label == "sampler":
+            set_choice(root, "sampler", value)
+        else:
+            set_range(
+                root, {"steps": "steps N", "seed": "seed", "sigma": "σ"}[label], value
+            )
+    page.wait_for_function(
+        "([root, n, s, seed]) => root.minsdResult?.n_steps === n && root.minsdResult.sampler"
+        " === s && root.minsdResult.seed === seed && root.dataset.state === 'done'",
+        arg=[
+            root.element_handle(),
+            controls["steps"],
+            controls["sampler"],
+            controls["seed"],
+        ],
+    )
+    return root.evaluate(
+        "(root) => ({x_start: Array.from(root.minsdResult.x_start), path: "
+        "root.minsdResult.path.map((a) => Array.from(a)), error: root.minsdResult.error, "
+        "sigmas: root.minsdResult.sigmas, caption: root.querySelector('.minsd-caption')"
+        ".textContent})"
+    )
+
+
+@pytest.mark.parametrize("sampler", live.PAGE_SAMPLERS)
+def test_toy_widget_measures_as_chapter_2(open_page, sampler):
+    """The toy's paths and mean error, for N steps of each sampler the page offers, are
+    chapter 2's: minsd's samplers on minsd.toy's exact denoiser from
+    minsd.toy.starting_points(seed), against 400 Heun steps."""
     page, root = open_page("toy")
-    samplers = {"euler": minsd.sample_euler, "heun": minsd.sample_heun}
-    for n_steps, seed in ((7, 0), (23, 12)):
-        set_range(root, "points", seed)
-        set_choice(root, "sampler", sampler)
-        set_range(root, "steps N", n_steps)
-        set_range(root, "σ", -0.5)
-        page.wait_for_function(
-            "([root, n, s]) => root.minsdResult?.n_steps === n && root.minsdResult.sampler"
-            " === s && root.dataset.state === 'done'",
-            arg=[root.element_handle(), n_steps, sampler],
+    samplers = {"euler": minsd.sample_euler, "heun": minsd.sample_heun,
+                "dpmpp_2m": minsd.sample_dpmpp_2m}  # fmt: skip
+    for n_steps, seed in ((4, 0), (23, 12)):
+        got = toy_state(
+            page, root, seed=seed, sampler=sampler, steps=n_steps, sigma=-0.5
         )
-        result = root.evaluate(
-            "(root) => ({x_start: Array.from(root.minsdResult.x_start), path: "
-            "root.minsdResult.path.map((a) => Array.from(a)), reference: "
-            "root.minsdResult.reference.map((a) => Array.from(a)), sigmas: root.minsdResult.sigmas})"
-        )
-        x_start = torch.tensor(result["x_start"], dtype=torch.float32).reshape(-1, 2)
-        mixture = toy.example_mixture()
+        x_start = toy.starting_points(seed)
+        np.testing.assert_array_equal(np.array(got["x_start"]).reshape(-1, 2), x_start)
         sigmas = minsd.karras_sigmas(n_steps + 1, sigma_min=0.0, sigma_max=20.0)
-        np.testing.assert_allclose(result["sigmas"], sigmas.numpy(), rtol=1e-12)
-        path = toy.trajectory(samplers[sampler], mixture, x_start, sigmas)
-        page_path = np.array(result["path"]).reshape(n_steps + 1, -1, 2)
-        error = np.abs(page_path - path.numpy()).max()
-        reference = toy.trajectory(
-            minsd.sample_heun, mixture, x_start, minsd.karras_sigmas(201, 0.0, 20.0)
-        )
-        reference_error = np.abs(
-            np.array(result["reference"]).reshape(201, -1, 2) - reference.numpy()
+        np.testing.assert_allclose(got["sigmas"], sigmas.numpy(), rtol=1e-12)
+        path, error = chapter_2_error(samplers[sampler], seed, n_steps)
+        path_error = np.abs(
+            np.array(got["path"]).reshape(path.shape) - path.numpy()
         ).max()
         print(
-            f"{open_page.kind}: toy, {sampler}, N = {n_steps}: max |page - minsd| "
-            f"{error:.2g}, reference {reference_error:.2g}"
+            f"{open_page.kind}: toy, {sampler}, N = {n_steps}, seed {seed}: max |page - "
+            f"minsd| {path_error:.2g}; mean error page {got['error']:.9f}, minsd "
+            f"{error:.9f}"
         )
-        # float32 states of size up to ~3 sigma_max = 60: rounding of 60 * 2^-24 a step
-        assert error < 1e-4 and reference_error < 1e-4
+        # float32 states of size up to ~3 sigma_max = 60 (the page rounds once per
+        # update, torch once per operation): 60 * 2^-24 a step
+        assert path_error < 1e-4
+        assert got["error"] == pytest.approx(error, abs=1e-4)
+        assert f"mean error {error:.3f}" in got["caption"]
     screenshot(root, f"toy_{open_page.kind}_{sampler}")
 
 
@@ -497,3 +541,333 @@ def test_the_export_refuses_a_network_that_differs_from_pytorch(tmp_path, monkey
     with pytest.raises(live.ParityError, match=r"unet\.onnx: onnxruntime differs"):
         live.export(tmp_path, num_seeds=1)
     assert not list(tmp_path.glob("*.onnx.js"))  # nothing written for the page
+
+
+# -- What a reader sees on load, the try lines, the schedules, the phone ---------------
+
+
+def canvas_image(root, selector: str, nth: int = 0) -> np.ndarray:
+    return canvas_pixels(root.locator(selector).nth(nth))
+
+
+def test_model_widgets_open_on_minsds_first_result(open_page, pipe):
+    """Before any Run (and before the model loads), the loop shows minsd's run for its
+    opening controls at its opening step, and image to image minsd's edit of chapter
+    10's circle; run in the page, the same controls draw the same pictures."""
+    page, loop = open_page("loop")
+    assert loop.get_attribute("data-state") == "idle"
+    loaded = page.evaluate(
+        "() => performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert not [name for name in loaded if "onnx" in name or "wasm" in name]
+    expected = pipe.generate(**live.LOOP_DEFAULTS, return_steps=True, progress=False)
+    i = live.LOOP_STEP_SHOWN
+    sigma = expected.sigmas[i]
+    c_in = minsd.vp_coefficients(sigma, pipe.denoiser.sigma_table)[2].float()
+    previews = {
+        "image": expected.pixels[0],
+        "denoised": pipe.decode(expected.steps[i]["denoised"])[0],
+        "x": latents_to_rgb(c_in * expected.steps[i]["x"], pipe.preview_factors)[0],
+    }
+    canvases = {"x": 0, "denoised": 1, "image": 2}
+    on_load = {
+        name: canvas_image(loop, "canvas.minsd-pixels", k)
+        for name, k in canvases.items()
+    }
+    for name, image in on_load.items():
+        difference = max_pixel_difference(image, previews[name])
+        print(
+            f"{open_page.kind}: loop on load, {name}: {difference:.2f}/255 from minsd"
+        )
+        assert difference <= 0.5 + 1e-3  # minsd's pixels, rounded to 8 bits
+    caption = loop.locator(".minsd-caption").first.text_content()
+    assert caption.startswith(f"step i = {i} of N = {live.LOOP_DEFAULTS['steps']}: ")
+    assert f"σ_i = {sigma.item():.3f}" in caption
+
+    page2, img2img = open_page("img2img")
+    drawing = canvas_image(img2img, "canvas.minsd-drawing")
+    circle = live.hand_drawn_circle(pipe.default_size)
+    assert max_pixel_difference(drawing, circle) <= 0.5 + 1e-3
+    edit = pipe.generate(
+        init_image=circle[None], **live.IMG2IMG_DEFAULTS, progress=False
+    )
+    edit_on_load = canvas_image(img2img, "canvas.minsd-result")
+    assert max_pixel_difference(edit_on_load, edit.pixels[0]) <= 0.5 + 1e-3
+
+    # Run in the page with the opening controls: the same pictures, to 2/255.
+    loop.locator("button", has_text="Run").click()
+    wait_for_run(page, loop, {"steps": live.LOOP_DEFAULTS["steps"]})
+    loop.page.wait_for_function(
+        f"(root) => root.querySelector('.minsd-caption').textContent.startsWith("
+        f"'step i = {i} ')",
+        arg=loop.element_handle(),
+    )
+    for name, k in canvases.items():
+        computed = canvas_image(loop, "canvas.minsd-pixels", k).astype(int)
+        difference = np.abs(computed - on_load[name]).max()
+        print(
+            f"{open_page.kind}: loop run in the page, {name}: {difference}/255 from on load"
+        )
+        assert difference <= PIXEL_TOLERANCE
+    img2img.locator("button", has_text="Run").click()
+    wait_for_run(page2, img2img, {"strength": live.IMG2IMG_DEFAULTS["strength"]})
+    computed = canvas_image(img2img, "canvas.minsd-result").astype(int)
+    difference = np.abs(computed - edit_on_load).max()
+    print(f"{open_page.kind}: img2img run in the page: {difference}/255 from on load")
+    assert difference <= PIXEL_TOLERANCE
+
+
+def try_line(page, root, label: str) -> str:
+    """Press a "try this" line's button; wait until the widget has drawn it; its text."""
+    details = root.locator("details.minsd-try")
+    details.evaluate("(d) => { d.open = true; }")
+    line = details.locator("li", has=page.locator(f"button:text-is('{label}')"))
+    line.evaluate("(li) => { delete li.dataset.state; }")
+    line.locator("button").click()
+    page.wait_for_function(
+        "([root, li]) => root.dataset.state === 'error' || li.dataset.state === 'done'",
+        arg=[root.element_handle(), line.element_handle()],
+        timeout=180_000,
+    )
+    assert root.get_attribute("data-state") != "error"
+    return line.text_content()
+
+
+def shape_and_colour(image: np.ndarray) -> tuple[str | None, str | None]:
+    found = classify(image)
+    return found["colour"], found["shape"]
+
+
+def test_loop_try_lines_hold(open_page):
+    """The loop's three lines, as it draws them: N = 1 lands on D(x_0; sigma_0); the
+    guess is red from step 2 and a circle from step 8; 8 Euler steps draw the red
+    circle near the 20-step image, 4 a shapeless blur."""
+    page, root = open_page("loop")
+    default_image = canvas_image(root, "canvas.minsd-result")
+
+    text = try_line(page, root, "N = 1")
+    image = canvas_image(root, "canvas.minsd-result")
+    denoised_0 = canvas_image(root, "canvas.minsd-pixels", 1)  # at step 0
+    assert "D(x₀; σ₀)" in text and "no shape" in text
+    assert root.locator(".minsd-highlight canvas.minsd-result").count() == 1  # look
+    assert np.abs(image.astype(int) - denoised_0).max() <= 1
+    assert shape_and_colour(image)[1] is None
+
+    text = try_line(page, root, "step i = 2")
+    assert "red from step 2" in text and "circle only from step 8" in text
+    for i in range(live.LOOP_DEFAULTS["steps"]):
+        set_range(root, "step i", i)
+        page.wait_for_function(
+            f"(root) => root.querySelector('.minsd-caption').textContent"
+            f".startsWith('step i = {i} ')",
+            arg=root.element_handle(),
+        )
+        colour, shape = shape_and_colour(canvas_image(root, "canvas.minsd-pixels", 1))
+        print(f"{open_page.kind}: D(x_{i}) looks {colour} {shape}")
+        assert (colour == "red") == (i >= 2) and (shape == "circle") == (i >= 8)
+
+    text = try_line(page, root, "N = 8")
+    assert "Eight Euler steps" in text and "N = 4" in text
+    image = canvas_image(root, "canvas.minsd-result")
+    rms = np.sqrt(((image.astype(float) - default_image) ** 2).mean())
+    print(
+        f"{open_page.kind}: N = 8: {shape_and_colour(image)}, RMS {rms:.1f}/255 from N = 20"
+    )
+    assert shape_and_colour(image) == ("red", "circle") and 0 < rms < 30
+    set_range(root, "steps N", 4)
+    wait_for_run(page, root, {"steps": 4})
+    assert shape_and_colour(canvas_image(root, "canvas.minsd-result"))[1] is None
+    screenshot(root, f"loop_try_{open_page.kind}")
+
+
+def test_img2img_try_lines_hold(open_page):
+    """Image to image's three lines, on chapter 10's circle: at the opening strength
+    0.04 it stays a red circle, at 0.08 it becomes a blue square, and with guidance 7.5
+    it turns blue already at 0.04."""
+    page, root = open_page("img2img")
+    circle = live.hand_drawn_circle(32).permute(1, 2, 0).numpy()  # (H, W, 3)
+    mask = np.abs(circle - np.array([205, 50, 45]) / 255).max(axis=2) < 1e-6
+    palette = {name: COLOURS[name] for name in ("red", "blue")}
+
+    def circle_colour(image):
+        return nearest(image[mask].mean(axis=0), palette)
+
+    expected = {
+        "λ = 0.04": ("red", "circle"),
+        "λ = 0.08": ("blue", "square"),
+        "g = 7.5": ("blue", None),
+    }
+    for label, (colour, shape) in expected.items():
+        text = try_line(page, root, label)
+        image = canvas_image(root, "canvas.minsd-result")
+        found = circle_colour(image), classify(image)["shape"]
+        print(f"{open_page.kind}: {label}: the circle's pixels are {found}: {text!r}")
+        assert found[0] == colour and (shape is None or found[1] == shape)
+        assert colour in text
+    screenshot(root, f"img2img_try_{open_page.kind}")
+
+
+def test_toy_try_lines_hold(open_page):
+    """The toy's three lines, for what it computes: one step lands near the data's
+    mean; four steps err more than three and from N = 8 on every step helps; Heun at
+    N = 2 flies off, at N = 20 it errs less than half as much as Euler."""
+    page, root = open_page("toy")
+    seed = 7  # the lines hold for every offered seed; minsd checks them all below
+
+    def error(sampler, n):
+        return toy_state(page, root, seed=seed, sampler=sampler, steps=n)["error"]
+
+    set_range(root, "seed", seed)
+    text = try_line(page, root, "N = 1")
+    assert "within 0.6" in text and "nearer than 1" in text
+    ends = np.array(root.evaluate("(r) => Array.from(r.minsdResult.path.at(-1))"))
+    ends = torch.tensor(ends).reshape(-1, 2)
+    mixture = toy.example_mixture()
+    data_mean = mixture.weights.double() @ mixture.means  # (2,): (-0.4, -0.4)
+    assert torch.allclose(data_mean, torch.tensor([-0.4, -0.4], dtype=torch.float64))
+    assert (ends - data_mean).norm(dim=1).max() < 0.6
+    assert torch.cdist(ends, mixture.means).min() > 1
+    try_line(page, root, "N = 4")
+    errors = {n: error("euler", n) for n in range(3, 51) if n in (3, 4) or n >= 8}
+    assert errors[4] > errors[3]
+    assert all(errors[n] > errors[n + 1] for n in range(8, 50))
+    try_line(page, root, "Heun, N = 2")
+    heun_2 = root.evaluate("(r) => r.minsdResult.error")
+    assert 10 < heun_2 < 30  # "near 20"
+    assert error("heun", 20) < 0.5 * error("euler", 20)
+
+    for s in range(live.TOY_SEEDS):  # the same, for every seed, in minsd
+        one = chapter_2_error(minsd.sample_euler, s, 1)[0][-1].double()
+        assert (one - data_mean).norm(dim=1).max() < 0.6
+        assert torch.cdist(one, mixture.means).min() > 1
+        euler = {n: chapter_2_error(minsd.sample_euler, s, n)[1] for n in (2, 3, 4, 20)}
+        assert euler[4] > euler[3]
+        heun = {n: chapter_2_error(minsd.sample_heun, s, n)[1] for n in (2, 20)}
+        assert 10 < heun[2] < 30 and heun[20] < 0.5 * euler[20]
+
+
+def test_the_page_schedules_equal_get_sigmas(open_page, pipe):
+    """scheduler.js's get_sigmas, on the table the page builds from the betas, equals
+    minsd's for every spacing and N = 1..100, and refuses what minsd refuses."""
+    page, root = open_page("loop")
+    if open_page.kind == "http":
+        pytest.skip("the same scripts as from file://")
+    table = page.evaluate("() => minsd.ui.sigma_table()")
+    np.testing.assert_allclose(table, pipe.denoiser.sigma_table.numpy(), rtol=1e-12)
+    got = page.evaluate(
+        """(spacings) => Object.fromEntries(spacings.map((spacing) => [spacing,
+            Array.from({length: 100}, (_, k) =>
+              minsd.scheduler.get_sigmas(minsd.ui.sigma_table(), k + 1, spacing))]))""",
+        list(minsd.SPACINGS),
+    )
+    for spacing in minsd.SPACINGS:
+        for n in range(1, 101):
+            expected = minsd.get_sigmas(pipe.denoiser.sigma_table, n, spacing)
+            np.testing.assert_allclose(
+                got[spacing][n - 1], expected.numpy(), rtol=1e-12, atol=0,
+                err_msg=f"{spacing}, N = {n}",
+            )  # fmt: skip
+    refused = [(0, "linspace"), (1001, "leading"), (1000, "leading"), (1001, "trailing"),
+               (5, "cosine"), (2.5, "karras")]  # fmt: skip
+    for n, spacing in refused:
+        with pytest.raises(ValueError):
+            minsd.get_sigmas(pipe.denoiser.sigma_table, n, spacing)
+        message = page.evaluate(
+            """([n, spacing]) => { try { minsd.scheduler.get_sigmas(minsd.ui.sigma_table(),
+                n, spacing); return null; } catch (e) { return e.message; } }""",
+            [n, spacing],
+        )
+        print(f"N = {n}, {spacing}: the page refuses: {message}")
+        assert message is not None
+
+
+def test_the_page_offers_minsds_samplers_and_spacings(open_page):
+    """One list: the samplers and spacings in the widgets' menus are minsd's (less
+    euler_ancestral, whose noise the page cannot draw), and the page's generate runs
+    every one of them."""
+    page, root = open_page("loop")
+    menus = root.evaluate(
+        "(root) => Array.from(root.querySelectorAll('label.minsd-control select'),"
+        " (s) => Array.from(s.options, (o) => o.value))"
+    )
+    assert list(live.PAGE_SAMPLERS) in menus and list(minsd.SPACINGS) in menus
+    assert set(live.PAGE_SAMPLERS) == set(minsd.SAMPLERS) - {"euler_ancestral"}
+    runs = page.evaluate("() => Object.keys(minsd.pipeline.SAMPLERS)")
+    assert sorted(runs) == sorted(live.PAGE_SAMPLERS)
+
+
+FALLBACK = (
+    '<p class="minsd-live-fallback">This widget runs the default model in the rendered '
+    "book's page. Here, in Jupyter, the live slider right below draws the same with "
+    "Python.</p>"
+)
+
+
+@pytest.mark.parametrize("widget", ["toy", "loop", "img2img"])
+def test_a_fallback_paragraph_gives_way_to_the_widget(book, server, browser, widget):
+    """A chapter's block may hold a sentence for JupyterLab's readers (or be empty, as
+    before); in the book the widget takes its place."""
+    name = page_with(book, widget)
+    block = re.compile(
+        f'<div class="minsd-live" data-widget="{widget}">(<p .*?</p>)?</div>'
+    )
+    text, found = block.subn(
+        f'<div class="minsd-live" data-widget="{widget}">{FALLBACK}</div>',
+        (book / name).read_text(),
+    )
+    assert found == 1
+    page = browser.new_page()
+    page.route(
+        f"{server}/{name}",
+        lambda route: route.fulfill(body=text, content_type="text/html"),
+    )
+    page.goto(f"{server}/{name}", wait_until="load")
+    root = page.locator(f'.minsd-live[data-widget="{widget}"]')
+    page.wait_for_function("(r) => r.dataset.started", arg=root.element_handle())
+    assert page.locator(".minsd-live-fallback").count() == 0
+    assert root.locator("canvas").count() > 0
+    page.close()
+
+
+@pytest.mark.parametrize("size", [(1280, 900), (820, 1180), (390, 844)])
+def test_widgets_fit_the_column_and_open_drawn(book, browser, size):
+    """At a desktop's, a tablet's and a phone's width: every widget shows a drawn
+    first result on load, is no wider than the text column, has controls at least
+    book_checks.MIN_CONTROL_PX tall, and nothing covers it (book_checks' measures)."""
+    width, height = size
+    for widget in ("toy", "loop", "img2img"):
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.goto((book / page_with(book, widget)).as_uri(), wait_until="load")
+        root = page.locator(f'.minsd-live[data-widget="{widget}"]')
+        page.wait_for_function(
+            "(r) => r.minsdResult !== undefined", arg=root.element_handle()
+        )
+        seen = root.evaluate(book_checks.LIVE_FIRST_RESULT)
+        column = page.evaluate(
+            "() => (document.querySelector('main article') || "
+            "document.querySelector('main')).getBoundingClientRect().right"
+        )
+        box = root.bounding_box()
+        controls = root.evaluate(
+            """(root) => Array.from(root.querySelectorAll("input, select, button"))
+                .filter((e) => e.getClientRects().length)
+                .map((e) => [e.tagName, e.getBoundingClientRect().height])"""
+        )
+        overflow = root.evaluate(
+            "(root) => Array.from(root.querySelectorAll('*')).filter((e) => "
+            "e.getBoundingClientRect().right > root.getBoundingClientRect().right + 1)"
+            ".length"
+        )
+        covered = root.evaluate(book_checks.COVERED)
+        print(
+            f"{width} x {height}, {widget}: {seen}, {box['width']:.0f} x "
+            f"{box['height']:.0f} px, right edge {box['x'] + box['width']:.0f} of "
+            f"{column:.0f}, lowest control {min(h for _, h in controls):.0f} px"
+        )
+        assert seen["canvases"] and not seen["empty"]
+        assert box["x"] + box["width"] <= column + 1 and not overflow
+        assert all(h >= book_checks.MIN_CONTROL_PX for _, h in controls), controls
+        assert covered is None, covered
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        root.screenshot(path=str(SCREENSHOTS / f"{widget}_{width}.png"))
+        page.close()

@@ -10,15 +10,17 @@ the model's files, minsd's code, the runtime and the versions of torch, onnx and
 onnxruntime are unchanged.
 
 Every page with a `minsd-live` block gets the widgets' scripts and stylesheet, plus a
-few settings (the prompt vocabulary, how much the first Run loads, and whether the
-rest of the book was drawn with other weights); the runtime and the model load only
-when a reader presses Run.
+few settings (the prompt vocabulary, the samplers and spacings, how much the first Run
+loads, and whether the rest of the book was drawn with other weights) and, for each
+widget on the page, the first result it opens on (`minsd.live.first_results`); the
+runtime and the model load only when a reader runs something new.
 """
 
 import hashlib
 import html
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -33,16 +35,21 @@ DIST = LIVE / "node_modules" / "onnxruntime-web" / "dist"
 FOLDER = "_live"  # in the built book; not _static, whose *.js JB loads on every page
 # In the order a page loads them: each adds its part to `minsd`.
 SCRIPTS = (
-    "denoiser.js",
-    "scheduler.js",
-    "toy.js",
-    "pipeline.js",
-    "runtime.js",
-    "widgets.js",
+    "denoiser.js",  # the mirror of minsd: D(x; sigma)
+    "scheduler.js",  # schedules and samplers
+    "toy.js",  # chapter 2's mixture
+    "pipeline.js",  # generate
+    "runtime.js",  # ONNX Runtime Web and the model, on demand
+    "ui.js",  # the widgets' parts
+    "loop.js",  # one file per widget
+    "img2img.js",
+    "toy_widget.js",
+    "widgets.js",  # mounts every widget of the page
 )
 STAMP = "export.json"  # what the export was made from, and its parity numbers
 CACHE = ".minsd_live"  # in the source's _build/: exports for later builds
 SETTINGS: dict = {}  # for the pages: see page_settings
+FIRST: dict = {}  # per widget: the first result it shows (minsd.live.first_results)
 
 
 def export(app: Sphinx) -> None:
@@ -83,10 +90,12 @@ def export(app: Sphinx) -> None:
             + ", ".join(f"{name} {value:.2g}" for name, value in parity.items())
         )
     out = Path(app.outdir) / FOLDER
-    shutil.copytree(cache, out, dirs_exist_ok=True)
+    internal = shutil.ignore_patterns(STAMP, live.FIRST_RESULTS)  # not for pages
+    shutil.copytree(cache, out, dirs_exist_ok=True, ignore=internal)
     for name in (*SCRIPTS, "live.css"):
         shutil.copyfile(LIVE / name, out / name)
     SETTINGS.update(page_settings(live, out))
+    FIRST.update(json.loads((cache / live.FIRST_RESULTS).read_text()))
 
 
 def source_key(live) -> str:
@@ -123,6 +132,14 @@ def page_settings(live, out: Path) -> dict:
             "shapes": SHAPES,
             "backgrounds": BACKGROUNDS,
         },
+        "samplers": live.PAGE_SAMPLERS,
+        "spacings": live.PAGE_SPACINGS,
+        # SD's training schedule, for the schedule the page draws before the model
+        # has loaded
+        "schedule": {
+            name: data[name]
+            for name in ("beta_start", "beta_end", "num_train_timesteps")
+        },
         "num_seeds": data["num_seeds"],
         "image_size": data["image_size"],
         "latent_size": data["latent_shape"][-1],
@@ -139,7 +156,10 @@ def add_widgets(
     if "minsd-live" not in context.get("body", ""):
         return
     pathto = context["pathto"]
-    settings = json.dumps(SETTINGS).replace("<", "\\u003c")  # no "</script>" inside
+    widgets = sorted(set(re.findall(r'data-widget="(\w+)"', context["body"])))
+    first = {name: FIRST[name] for name in widgets if name in FIRST}
+    settings = {**SETTINGS, "first": first}
+    settings = json.dumps(settings).replace("<", "\\u003c")  # no "</script>" inside
     tags = [
         f'<link rel="stylesheet" href="{pathto(f"{FOLDER}/live.css", 1)}">',
         f"<script>globalThis.minsdLiveConfig = {settings};</script>",
@@ -151,7 +171,24 @@ def add_widgets(
     context["body"] += "\n".join(tags)
 
 
+def pages_to_rewrite(app: Sphinx, env) -> list[str]:
+    """The pages with a widget, when what add_widgets writes into them (scripts,
+    settings, first results) changed since the last build: Sphinx rewrites only the
+    pages whose source changed, and would keep their old scripts and pictures."""
+    text = json.dumps([SCRIPTS, SETTINGS, FIRST], sort_keys=True).encode()
+    key = hashlib.sha256(text).hexdigest()
+    if getattr(env, "minsd_live_key", None) == key:
+        return []
+    env.minsd_live_key = key
+    return [
+        name
+        for name in sorted(env.found_docs)
+        if "minsd-live" in Path(env.doc2path(name)).read_text(errors="replace")
+    ]
+
+
 def setup(app: Sphinx) -> dict:
     app.connect("builder-inited", export)
+    app.connect("env-get-updated", pages_to_rewrite)
     app.connect("html-page-context", add_widgets)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

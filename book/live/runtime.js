@@ -152,5 +152,5 @@
     return model;
   }
 
-  minsd.runtime = { load };
+  minsd.runtime = { load, base64_bytes };
 })();

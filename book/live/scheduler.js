@@ -1,8 +1,9 @@
 // Noise schedules and samplers: minsd/scheduler.py in JavaScript, name for name and
 // equation for equation, for the book's live widgets. Equation numbers are the book's.
 //
-// A tensor here is a flat Float32Array (the sampler's state, float32 as in minsd) or a
-// plain array of numbers (a schedule, float64 as in minsd). The samplers are stateless
+// A tensor here is a flat Float32Array (the sampler's state, float32 as in minsd: a
+// sampler first copies x into one, as minsd's call x.float()) or a plain array of
+// numbers (a schedule, float64 as in minsd). The samplers are stateless
 // and take any denoiser(x, sigma) -> D(x; sigma), plain or async (the page's runs the
 // UNet with ONNX Runtime Web and returns a promise).
 //
@@ -94,6 +95,7 @@
   // Euler's method on dx/dsigma = (x - D(x; sigma)) / sigma, eq. (2.2) and (7.3), from
   // sigmas[0] down to sigmas[at the end]. x: noise already scaled to sigmas[0].
   async function sample_euler(denoiser, x, sigmas, callback = null) {
+    x = Float32Array.from(x); // the state is kept in float32
     for (let i = 0; i < sigmas.length - 1; i++) {
       const sigma = sigmas[i];
       const sigma_next = sigmas[i + 1];
@@ -114,6 +116,7 @@
   // an Euler step, then a correction with the slope at its end point; the last step
   // (to sigma = 0) stays an Euler step. 2N - 1 denoiser calls for N steps.
   async function sample_heun(denoiser, x, sigmas, callback = null) {
+    x = Float32Array.from(x); // the state is kept in float32
     for (let i = 0; i < sigmas.length - 1; i++) {
       const sigma = sigmas[i];
       const sigma_next = sigmas[i + 1];
@@ -148,6 +151,7 @@
   // D_d = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}, r = h_last / h. A step to sigma = 0
   // returns D(x_i; sigma_i).
   async function sample_dpmpp_2m(denoiser, x, sigmas, callback = null) {
+    x = Float32Array.from(x); // the state is kept in float32
     let old_denoised = null; // D(x_{i-1}; sigma_{i-1}), within this call
     for (let i = 0; i < sigmas.length - 1; i++) {
       const sigma = sigmas[i];

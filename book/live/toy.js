@@ -8,8 +8,9 @@
 //   D(x; sigma) = sum_k w_k(x) (mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k)),
 //   w_k(x) = pi_k N(x; mu_k, (s_k^2 + sigma^2) I) / p(x; sigma), eq. (1.5).
 //
-// Points are n x 2 Float32Arrays (x0, y0, x1, y1, ...), so scheduler.js's samplers run
-// on them unchanged; the arithmetic is float64 inside, as in minsd.
+// Points are n x 2 typed arrays (x0, y0, x1, y1, ...), so scheduler.js's samplers run
+// on them unchanged; the arithmetic is float64 inside, and D(x; sigma) comes back in
+// x's type, as in minsd.
 //
 // A classic script (a page opened from disk may not import modules): it adds
 // `minsd.toy` to the page.
@@ -51,7 +52,7 @@
 
     // The exact D(x; sigma) = E[y | x], eq. (1.7): n x 2 -> n x 2.
     denoise(points, sigma) {
-      const out = new Float32Array(points.length);
+      const out = new points.constructor(points.length);
       for (let p = 0; p < points.length; p += 2) {
         const w = this.posterior_weights(points[p], points[p + 1], sigma);
         let dx = 0;
