@@ -134,9 +134,9 @@ PHONE = (
 
 # Nothing covers a widget: scrolled into view, the point at its centre belongs to it.
 COVERED = r"""(element) => {
-  element.scrollIntoView({block: "center"});
+  element.scrollIntoView({block: "start"});
   const r = element.getBoundingClientRect();
-  const x = r.left + r.width / 2, y = r.top + Math.min(r.height / 2, 100);
+  const x = r.left + r.width / 2, y = Math.max(r.top, 0) + Math.min(r.height / 2, 100);
   const hit = document.elementFromPoint(x, y);
   return hit && (element === hit || element.contains(hit)) ? null
     : `covered by ${hit ? hit.tagName.toLowerCase() + "#" + hit.id + "." + [...hit.classList].join(".") : "nothing"}`;
