@@ -76,14 +76,14 @@ LOOP_DEFAULTS = dict(
 )
 LOOP_STEP_SHOWN = 10
 # Image to image: chapter 10's red circle and prompt, with its advice for an edit
-# that keeps the drawing: guidance 1 and a small sigma_k (strength 0.04 of 50 steps
-# starts at sigma_k = 0.14; the circle turns blue from 0.08 on).
+# that keeps the drawing: guidance 1 and 50 steps at strength 0.05 (the last 2 steps,
+# from sigma_k = 0.14; the circle turns blue from 0.08 on).
 IMG2IMG_DEFAULTS = dict(
     prompt="a blue square on a black background",
     seed=0,
     steps=50,
     guidance=1.0,
-    strength=0.04,
+    strength=0.05,
 )
 # The toy of chapter 2: the seeds of minsd.toy.starting_points the page offers, and the
 # reference its mean error is measured against (Heun with this many steps).

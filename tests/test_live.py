@@ -682,8 +682,8 @@ def test_loop_try_lines_hold(open_page):
 
 def test_img2img_try_lines_hold(open_page):
     """Image to image's three lines, on chapter 10's circle: at the opening strength
-    0.04 it stays a red circle, at 0.08 it becomes a blue square, and with guidance 7.5
-    it turns blue already at 0.04."""
+    0.05 it stays a red circle, at 0.08 it becomes a blue square, and with guidance 7.5
+    it turns blue already at 0.05."""
     page, root = open_page("img2img")
     circle = live.hand_drawn_circle(32).permute(1, 2, 0).numpy()  # (H, W, 3)
     mask = np.abs(circle - np.array([205, 50, 45]) / 255).max(axis=2) < 1e-6
@@ -693,7 +693,7 @@ def test_img2img_try_lines_hold(open_page):
         return nearest(image[mask].mean(axis=0), palette)
 
     expected = {
-        "λ = 0.04": ("red", "circle"),
+        "λ = 0.05": ("red", "circle"),
         "λ = 0.08": ("blue", "square"),
         "g = 7.5": ("blue", None),
     }

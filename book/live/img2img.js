@@ -19,7 +19,7 @@
   // tests/test_live.py against what the widget draws.
   const tries = (defaults) => [
     {
-      label: "λ = 0.04",
+      label: "λ = 0.05",
       set: { ...defaults, drawing: "circle" },
       look: "image",
       text:
@@ -39,7 +39,7 @@
       set: { ...defaults, drawing: "circle", guidance: 7.5 },
       look: "image",
       text:
-        "Back at λ = 0.04 with guidance 7.5: the circle turns blue already. Guidance " +
+        "Back at λ = 0.05 with guidance 7.5: the circle turns blue already. Guidance " +
         "moves the switch to a smaller σ_k; to edit rather than redraw, keep g low.",
     },
   ];
@@ -74,9 +74,9 @@
     const prompt = minsd.ui.prompt_controls();
     prompt.set(defaults.prompt);
     const strength = range("strength λ", {
-      min: 0.02,
+      min: 0.01,
       max: 1,
-      step: 0.02,
+      step: 0.01,
       value: defaults.strength,
       show: (v) => v.toFixed(2),
     });
