@@ -41,6 +41,7 @@ SCRIPTS = (
     "pipeline.js",  # generate
     "runtime.js",  # ONNX Runtime Web and the model, on demand
     "ui.js",  # the widgets' parts
+    "tour.js",  # guided tours through a widget
     "loop.js",  # one file per widget
     "img2img.js",
     "toy_widget.js",
