@@ -7,13 +7,14 @@ pictures, and the page weight the live widgets add.
 
 It exports the model as the book build does (minsd.live; --live reuses an export, such
 as the one a book build keeps in _build/.minsd_live/KEY/), opens a bare page with the
-three widgets, their scripts and settings as the build writes them (book/_ext/
+model widgets, their scripts and settings as the build writes them (book/_ext/
 minsd_live.py), from file:// in /usr/bin/chromium, and times there: the first pictures
 (drawn on load, before any model), the first load (runtime and model), UNet calls at
-batch 2 (uncond + cond), and whole images (20 Euler steps with guidance 7.5, then the
-VAE decoder), each the median of several runs after a warm-up. --busy K keeps K
-processes spinning beside the browser, as on a busy machine. The target is at most
-1 s per image on a busy 2-core machine.
+batch 2 (uncond + cond), whole images (20 Euler steps with guidance 7.5, then the
+VAE decoder) and comparisons of chapter 9's widget (two columns of 20 steps, and with
+a new 100-step reference), each the median of several runs after a warm-up. --busy K
+keeps K processes spinning beside the browser, as on a busy machine. The target is at
+most 1 s per image on a busy 2-core machine.
 """
 
 import argparse
@@ -41,7 +42,7 @@ import minsd_live  # noqa: E402  (the book's extension: its scripts and settings
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PROMPT = "a blue circle on a white background"
-WIDGETS = ("toy", "loop", "img2img")
+WIDGETS = ("toy", "loop", "img2img", "compare")
 
 # When every widget of the page had drawn its first picture, in ms from navigation.
 FIRST_PICTURES = """async () => {
@@ -79,6 +80,24 @@ MEASURE = """async ([unet_calls, images]) => {
   return {load_ms, unet_ms: median(calls), image_ms: median(image_ms),
           image_min_ms: Math.min(...image_ms), image_max_ms: Math.max(...image_ms)};
 }""".replace("%PROMPT%", PROMPT)
+
+# Chapter 9's compare widget, through its API: a new g (both columns, then the
+# 100-step reference), then new N (both columns, the reference kept), medians.
+COMPARE = """async (runs) => {
+  const median = (v) => v.slice().sort((a, b) => a - b)[Math.floor(v.length / 2)];
+  const widget = document.querySelector('.minsd-live[data-widget="compare"]').minsdWidget;
+  const with_reference = [];
+  const columns = [];
+  for (let k = 0; k < runs + 1; k++) {
+    let s = performance.now();
+    await widget.set({guidance_a: 5 + k / 2, guidance_b: 5 + k / 2}).run();
+    if (k >= 1) with_reference.push(performance.now() - s);
+    s = performance.now();
+    await widget.set({steps_a: 20 + (k % 2), steps_b: 20 + (k % 2)}).run();
+    if (k >= 1) columns.push(performance.now() - s);
+  }
+  return {compare_reference_ms: median(with_reference), compare_ms: median(columns)};
+}"""
 
 
 def prepare(folder: Path, export: Path | None) -> tuple[Path, dict]:
@@ -150,6 +169,7 @@ def in_browser(page: Path, unet_calls: int, images: int) -> dict:
         tab.goto(page.as_uri())
         first_pictures_ms = tab.evaluate(FIRST_PICTURES)
         result = tab.evaluate(MEASURE, [unet_calls, images])
+        result.update(tab.evaluate(COMPARE, max(images // 3, 1)))
         result["first_pictures_ms"] = first_pictures_ms
         version = browser.version
         browser.close()
@@ -224,9 +244,17 @@ def main():
         f"(min {browser['image_min_ms']:.0f}, max {browser['image_max_ms']:.0f}) | "
         f"{python['image_ms']:.0f} |"
     )
+    print(
+        "| ms per comparison, two columns of 20 steps (Euler, DPM++ 2M: 40 NFE) | "
+        f"{browser['compare_ms']:.0f} | |"
+    )
+    print(
+        "| ms per comparison with a new g (the columns, then a 100-step reference) | "
+        f"{browser['compare_reference_ms']:.0f} | |"
+    )
     print(f"| first load (runtime + model), ms | {browser['load_ms']:.0f} | |")
     print(
-        f"| the three widgets' first pictures, ms after navigation | "
+        f"| the {len(WIDGETS)} widgets' first pictures, ms after navigation | "
         f"{browser['first_pictures_ms']:.0f} | |"
     )
     (load_raw, load_zip), (run_raw, run_zip) = weight["on_load"], weight["on_run"]
@@ -235,8 +263,8 @@ def main():
         f"{(load_zip + run_zip) / 1e6:.1f} MB gzipped"
     )
     print(
-        f"of which on load (scripts, stylesheet, the three pages' settings and first "
-        f"results): {load_raw / 1e3:.0f} kB, {load_zip / 1e3:.0f} kB gzipped"
+        f"of which on load (scripts, stylesheet, the {len(WIDGETS)} pages' settings and "
+        f"first results): {load_raw / 1e3:.0f} kB, {load_zip / 1e3:.0f} kB gzipped"
     )
     target = "met" if browser["image_ms"] <= 1000 else "NOT met"
     print(f"target (an image in at most 1 s in the browser): {target}")

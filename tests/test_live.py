@@ -12,6 +12,9 @@ Run button), reads the result from the page, and compares it with the package:
   `pipe.generate(..., init_image=..., strength=...)`;
 - the toy: the page's sampler paths and mean error against minsd's samplers on
   minsd.toy, from chapter 2's starting points;
+- the comparison of chapter 9: each column's image against `generate`'s, its NFE
+  against minsd's count and its latent distance against minsd's to the same 100-step
+  reference, also with "equal cost" on;
 - each widget opens on minsd's result for its opening controls, before any Run, and
   the page computes the same picture when run; each "try this" line's claim, and each
   card's of the guided tours (chapters 7 and 10), holds for what the widget draws; the schedules of the page equal `get_sigmas` for every
@@ -456,6 +459,124 @@ def test_toy_widget_measures_as_chapter_2(open_page, sampler):
     screenshot(root, f"toy_{open_page.kind}_{sampler}")
 
 
+# -- Chapter 9's compare widget --------------------------------------------------------
+
+COMPARE_RUNS = {
+    "file": dict(colour="green", shape="square", background="black", seed=3, columns=[
+        dict(sampler="heun", spacing="karras", steps=7, guidance=5.0),
+        dict(sampler="dpmpp_2m", spacing="linspace", steps=12, guidance=5.0)]),
+    "http": dict(colour="red", shape="circle", background="white", seed=8, columns=[
+        dict(sampler="euler", spacing="trailing", steps=15, guidance=7.5),
+        dict(sampler="dpmpp_2m", spacing="karras", steps=9, guidance=3.0)]),
+}  # fmt: skip
+
+
+def settle(root) -> None:
+    """Wait until the widget has drawn what its controls say (its API's run)."""
+    root.evaluate("(root) => root.minsdWidget.run().then(() => null)")
+    assert root.get_attribute("data-state") != "error", root.locator(
+        ".minsd-status"
+    ).text_content()
+
+
+def compare_shown(root) -> list[dict]:
+    """Per column: its options, pixels (H, W, 3), NFE and latent distance as shown,
+    and the distance the page computed (before rounding for the text)."""
+    columns = []
+    for k in range(2):
+        column = root.locator(".minsd-column").nth(k)
+        nfe = column.locator(".minsd-nfe").text_content()
+        distance = column.locator(".minsd-distance").text_content()
+        computed = root.evaluate(
+            f"(r) => (({{options, distance}}) => ({{options, distance}}))"
+            f"(r.minsdResult.columns[{k}])"
+        )
+        columns.append({
+            "options": computed["options"],
+            "pixels": canvas_image(column, "canvas.minsd-result"),
+            "nfe": int(re.fullmatch(r"(\d+) UNet evaluations \(NFE\)", nfe)[1]),
+            "distance_text": re.fullmatch(r"latent distance ([0-9.]+)", distance)[1],
+            "distance": computed["distance"],
+        })  # fmt: skip
+    return columns
+
+
+@functools.cache
+def compare_reference(pipe, prompt: str, seed: int, guidance: float) -> tuple:
+    """minsd's reference for the compare widget: (latents, pixels)."""
+    reference = dict(live.COMPARE_REFERENCE, guidance=guidance)
+    return live.compare_run(pipe, prompt, seed, **reference)[:2]
+
+
+def check_against_minsd(kind: str, root, pipe, tolerance: float) -> None:
+    """Each column's image, NFE and latent distance against minsd's (compare_run and
+    the same reference computed with minsd); the reference pictures too."""
+    references = root.locator(".minsd-references canvas")
+    guidances = []
+    for k, shown in enumerate(compare_shown(root)):
+        o = shown["options"]
+        column = {key: o[key] for key in ("sampler", "spacing", "steps", "guidance")}
+        latents, pixels, nfe = live.compare_run(pipe, o["prompt"], o["seed"], **column)
+        reference, _ = compare_reference(pipe, o["prompt"], o["seed"], o["guidance"])
+        distance = minsd.book.rms(latents - reference).item()
+        difference = max_pixel_difference(shown["pixels"], pixels[0])
+        print(
+            f"{kind}: compare column {k}: {o}: {difference:.2f}/255 from minsd; NFE "
+            f"{shown['nfe']} (minsd {nfe}); latent distance page {shown['distance']:.6f},"
+            f" minsd {distance:.6f} (relative {shown['distance'] / distance - 1:.1e})"
+        )
+        assert difference <= tolerance and shown["nfe"] == nfe
+        assert shown["distance"] == pytest.approx(distance, rel=1e-3)
+        assert shown["distance_text"] == f"{distance:.3f}"
+        if o["guidance"] not in guidances:
+            guidances.append(o["guidance"])
+    assert references.count() == len(guidances)
+    for k, guidance in enumerate(guidances):
+        o = compare_shown(root)[0]["options"]
+        _, pixels = compare_reference(pipe, o["prompt"], o["seed"], guidance)
+        image = canvas_image(root, ".minsd-references canvas", k)
+        assert max_pixel_difference(image, pixels[0]) <= tolerance
+
+
+def test_compare_widget_measures_as_minsd(open_page, pipe):
+    """On load, minsd's two columns for the opening controls; then a prompt, a seed and
+    each column's sampler, spacing, N and g set on the page, and the equal cost switch:
+    each image equals compare_run's (generate's) to 2/255, each NFE minsd's count, each
+    latent distance minsd's (the same 100-step reference, in float32) to 1e-3."""
+    page, root = open_page("compare")
+    assert root.get_attribute("data-runs") == "0"
+    check_against_minsd(f"{open_page.kind} on load", root, pipe, 0.5 + 1e-3)
+    note = root.locator(".minsd-note").last.text_content()
+    assert "DPM++ 2M with 100 steps on the Karras schedule" in note
+    assert "RMS" in note and "512 steps" in note
+
+    run = COMPARE_RUNS[open_page.kind]
+    set_prompt(root, run["colour"], run["shape"], run["background"])
+    set_range(root, "seed", run["seed"])
+    for k, settings in enumerate(run["columns"]):
+        column = root.locator(".minsd-column").nth(k)
+        set_choice(column, "sampler", settings["sampler"])
+        set_choice(column, "spacing", settings["spacing"])
+        set_range(column, "steps N", settings["steps"])
+        set_range(column, "guidance g", settings["guidance"])
+    settle(root)
+    check_against_minsd(open_page.kind, root, pipe, PIXEL_TOLERANCE)
+    screenshot(root, f"compare_{open_page.kind}")
+
+    # Equal cost: Euler at an odd N beside Heun at (N + 1)/2 steps, B following A.
+    root.locator("button.minsd-toggle").click()
+    settle(root)
+    a, b = (shown["options"] for shown in compare_shown(root))
+    assert a["sampler"] == "euler" and a["steps"] % 2 == 1
+    assert b["sampler"] == "heun" and b["steps"] == (a["steps"] + 1) // 2
+    assert (b["spacing"], b["guidance"]) == (a["spacing"], a["guidance"])
+    assert root.locator(".minsd-column").nth(1).locator("select:disabled").count() == 2
+    check_against_minsd(f"{open_page.kind} equal cost", root, pipe, PIXEL_TOLERANCE)
+    nfe = [shown["nfe"] for shown in compare_shown(root)]
+    assert nfe[0] == nfe[1] == a["steps"]
+    screenshot(root, f"compare_equal_cost_{open_page.kind}")
+
+
 @pytest.mark.parametrize(
     "failure, init_script, missing, message",
     [
@@ -484,7 +605,7 @@ def test_a_failed_load_says_so_in_one_line(
     screenshot(root, f"failed_load_{open_page.kind}_{missing or 'wasm'}")
 
 
-@pytest.mark.parametrize("widget", ["loop", "img2img", "toy"])
+@pytest.mark.parametrize("widget", ["loop", "img2img", "toy", "compare"])
 def test_every_control_is_bounded(open_page, widget):
     """Widgets offer sliders with a minimum and a maximum, menus and buttons: no field
     takes a number or a text the model cannot use."""
@@ -953,7 +1074,7 @@ FALLBACK = (
 )
 
 
-@pytest.mark.parametrize("widget", ["toy", "loop", "img2img"])
+@pytest.mark.parametrize("widget", ["toy", "loop", "img2img", "compare"])
 def test_a_fallback_paragraph_gives_way_to_the_widget(book, server, browser, widget):
     """A chapter's block may hold a sentence for JupyterLab's readers (or be empty, as
     before); in the book the widget takes its place."""
@@ -983,7 +1104,7 @@ def test_widgets_fit_the_column_and_open_drawn(book, browser, size):
     first result on load, is no wider than the text column, has controls at least
     book_checks.MIN_CONTROL_PX tall, and nothing covers it (book_checks' measures)."""
     width, height = size
-    for widget in ("toy", "loop", "img2img"):
+    for widget in ("toy", "loop", "img2img", "compare"):
         page = browser.new_page(viewport={"width": width, "height": height})
         page.goto((book / page_with(book, widget)).as_uri(), wait_until="load")
         root = page.locator(f'.minsd-live[data-widget="{widget}"]')

@@ -45,6 +45,7 @@ SCRIPTS = (
     "loop.js",  # one file per widget
     "img2img.js",
     "toy_widget.js",
+    "compare.js",
     "widgets.js",  # mounts every widget of the page
 )
 STAMP = "export.json"  # what the export was made from, and its parity numbers
