@@ -577,6 +577,43 @@ def test_compare_widget_measures_as_minsd(open_page, pipe):
     screenshot(root, f"compare_equal_cost_{open_page.kind}")
 
 
+def test_compare_try_lines_hold(open_page):
+    """The compare widget's three lines, for what it computes on the opening prompt:
+    at 10 steps each Euler's latent distance is about 20 times DPM++ 2M's; at equal cost
+    (19 evaluations, Karras) Heun's about a quarter of Euler's; at g = 1 Euler's falls
+    from 0.23 to about 0.01."""
+    page, root = open_page("compare")
+
+    def distances():
+        shown = compare_shown(root)
+        return [c["distance"] for c in shown], [c["nfe"] for c in shown]
+
+    text = try_line(page, root, "N = 10 each")
+    (euler, dpm), nfe = distances()
+    print(f"{open_page.kind}: N = 10 each: {euler:.4f} / {dpm:.4f} = {euler / dpm:.1f}")
+    assert "about 20 times" in text and nfe == [10, 10] and 15 < euler / dpm < 25
+    assert root.locator(".minsd-highlight.minsd-distance").count() == 1
+
+    text = try_line(page, root, "Equal cost")
+    (euler, heun), nfe = distances()
+    options = [c["options"] for c in compare_shown(root)]
+    print(f"{open_page.kind}: equal cost: {options}: {euler:.4f} / {heun:.4f}")
+    assert [o["sampler"] for o in options] == ["euler", "heun"]
+    assert [o["steps"] for o in options] == [19, 10] and nfe == [19, 19]
+    assert "about four times" in text and 3.5 < euler / heun < 5
+
+    text = try_line(page, root, "g = 1")
+    (euler, _), _ = distances()
+    # the opening's, at g = 7.5: minsd's, drawn at build time
+    opening = page.evaluate("() => minsdLiveConfig.first.compare.columns[0].distance")
+    assert root.locator("button.minsd-toggle").get_attribute("aria-pressed") == "false"
+    print(
+        f"{open_page.kind}: g = 1: Euler's distance {euler:.4f}, at 7.5 {opening:.4f}"
+    )
+    assert "from 0.23 to about 0.01" in text
+    assert round(opening, 2) == 0.23 and round(euler, 2) == 0.01
+
+
 @pytest.mark.parametrize(
     "failure, init_script, missing, message",
     [

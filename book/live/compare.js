@@ -24,8 +24,8 @@
   }
 
   // generate's result and its NFE: each call of the denoiser D(x; sigma), guided or
-  // not, counted, as chapter 9's `solve` counts them.
-  async function counted_generate(model, options, on_step) {
+  // not, counted, as chapter 9's `solve` counts them (minsd.live.compare_run).
+  async function compare_run(model, options, on_step) {
     let nfe = 0;
     const denoiser = {
       sigma_table: model.denoiser.sigma_table,
@@ -56,6 +56,36 @@
     button.setAttribute("aria-pressed", "false");
     return control;
   }
+
+  // What to try and what to notice, from the opening controls (all of them set, so
+  // that a line reads the same whatever came before). Each claim is checked by
+  // tests/test_live.py against what the widget computes.
+  const tries = (opening) => [
+    {
+      label: "N = 10 each",
+      set: { ...opening, steps_a: 10, steps_b: 10 },
+      look: "distance_a",
+      text:
+        "Half the steps: Euler's latents now lie about 20 times farther from the " +
+        "reference than DPM++ 2M's. Fewer steps cost the first-order method far more.",
+    },
+    {
+      label: "Equal cost",
+      set: { ...opening, equal_cost: true, spacing_a: "karras", steps_a: 19 },
+      look: "distance_b",
+      text:
+        "Euler with 19 steps beside Heun with 10 on the Karras schedule, 19 " +
+        "evaluations each: Heun lands about four times closer.",
+    },
+    {
+      label: "g = 1",
+      set: { ...opening, guidance_a: 1, guidance_b: 1 },
+      look: "distance_a",
+      text:
+        "Without guidance Euler's distance falls from 0.23 to about 0.01: guidance 7.5 " +
+        "makes the ODE much harder to follow.",
+    },
+  ];
 
   // One column's controls, picture and measures.
   function column(name, defaults) {
@@ -130,9 +160,9 @@
     const reference_options = (o) => ({ ...o, sampler, spacing, steps });
     // The references computed so far, by prompt, seed and g: {latents, pixels, nfe}.
     const references = new Map();
-    const opening = reference_options(options(a));
-    references.set(reference_key(opening), {
-      options: opening,
+    const built = reference_options(options(a)); // the build's, for the opening
+    references.set(reference_key(built), {
+      options: built,
       latents: new Float32Array(minsd.runtime.base64_bytes(first.reference.latents).buffer),
       pixels: rgb_frames(first.reference.pixels, size)[0],
       nfe: steps,
@@ -185,7 +215,7 @@
           run.progress.value = (i + 1) / n;
           run.say(`column ${c.name}: step ${i + 1} of ${n}`);
         };
-        const out = await counted_generate(model, asked, on_step);
+        const out = await compare_run(model, asked, on_step);
         said.push(`${c.name} in ${((performance.now() - t0) / 1000).toFixed(2)} s`);
         next[k] = { options: asked, ...out, distance: null };
         draw(k, next[k]);
@@ -196,7 +226,7 @@
           const asked = reference_options(shown.options);
           run.say(`the reference for g = ${asked.guidance}: ${asked.steps} DPM++ 2M steps`);
           const t0 = performance.now();
-          const out = await counted_generate(model, asked, (i, n) => run.on_step(i, n));
+          const out = await compare_run(model, asked, (i, n) => run.on_step(i, n));
           references.set(key, { options: asked, ...out });
           said.push(`a reference in ${((performance.now() - t0) / 1000).toFixed(2)} s`);
         }
@@ -237,6 +267,12 @@
         "schedule for the same prompt, seed and g, computed once in your browser and " +
         "kept. The chapter's reference is finer: 512 steps, in float64.",
     );
+    const opening = { prompt: defaults.prompt, seed: defaults.seed, equal_cost: false };
+    for (const [k, c] of columns.entries()) {
+      for (const [name, value] of Object.entries(defaults.columns[k])) {
+        opening[`${name}_${c.name.toLowerCase()}`] = value;
+      }
+    }
     root.append(
       minsd.ui.model_note(),
       prompt.root,
@@ -244,6 +280,7 @@
       h("div", { class: "minsd-columns" }, a.root, b.root, references_shown),
       runner.bar,
       metric,
+      minsd.ui.try_this(widget, tries(opening)),
     );
     root.minsdResult = result;
     result.columns.forEach((shown, k) => draw(k, shown));
@@ -253,5 +290,5 @@
   }
 
   (minsd.widgets ??= {}).compare = compare_widget;
-  minsd.compare = { latent_distance, counted_generate };
+  minsd.compare = { latent_distance, compare_run };
 })();
