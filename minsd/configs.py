@@ -77,8 +77,8 @@ def sd15_differences(cls: type, config: dict, sd15: dict, names: list) -> list[s
     left out takes its default in cls (or None)."""
     full, sd15 = with_defaults(cls, config), with_defaults(cls, sd15)
     return [
-        f"{k}={full.get(k)!r} ({'' if k in config else 'by default; '}SD 1.5: "
-        f"{sd15.get(k)!r})"
+        f"{k}={full.get(k)!r} ({'' if k in config else 'left out, so the default; '}"
+        f"SD 1.5: {sd15.get(k)!r})"
         for k in names
         if full.get(k) != sd15.get(k)
     ]
@@ -141,8 +141,8 @@ def unet_config_from_diffusers(
     if not problems and cfg.out_channels != cfg.in_channels:
         problems.append(
             f"out_channels={cfg.out_channels} differs from in_channels="
-            f"{cfg.in_channels} (minsd's denoiser predicts noise of the input's shape; "
-            "an inpainting model reads 9 channels)"
+            f"{cfg.in_channels} (SD 1.5: 4 and 4; minsd's denoiser predicts noise of "
+            "the input's shape; an inpainting model reads 9 channels)"
         )
     problems += [
         f"{k}={full[k]} does not divide every block_out_channels {channels}"
@@ -185,8 +185,9 @@ def read_vae_config(path: Path, unet: UNetConfig) -> dict:
             f"latent_channels={vae['latent_channels']!r}, but the UNet reads "
             f"in_channels={unet.in_channels}"
         )
-    if not is_number(vae["scaling_factor"]) or vae["scaling_factor"] <= 0:
-        problems.append(f"scaling_factor={vae['scaling_factor']!r} (positive)")
+    factor = vae["scaling_factor"]
+    if not is_number(factor) or factor <= 0:
+        problems.append(f"scaling_factor={factor!r} (positive; SD 1.5: 0.18215)")
     why = ". minsd decodes SD 1.5's latents: RGB pixels, scaled by scaling_factor only"
     refuse(path, problems, why)
     return config

@@ -207,8 +207,9 @@ def find_weights(weights: str | os.PathLike, fp16: bool = False) -> Path:
     if path.is_file() and path.suffix in PICKLED:
         raise InvalidValue(
             f"{path} is a pickled checkpoint, and minsd never unpickles (loading a "
-            "pickle can run any code in it); convert it where you trust it (e.g. in a "
-            "sandbox: safetensors.torch.save_file of its state_dict)"
+            "pickle can run any code in it). Convert it where you trust it (e.g. in a "
+            "sandbox: safetensors.torch.save_file of its state_dict, or diffusers' "
+            "scripts/convert_original_stable_diffusion_to_diffusers.py)"
         )
     if path.is_file() and path.suffix != ".safetensors":
         raise InvalidValue(
