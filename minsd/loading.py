@@ -229,10 +229,9 @@ def find_weights(weights: str | os.PathLike, fp16: bool = False) -> Path:
     from huggingface_hub import snapshot_download
 
     variant = ".fp16" if fp16 else ""
+    files = [f"{part}/{file.format(variant)}" for part, file in WEIGHTS.items()]
     patterns = ["model_index.json", "*/config.json", "scheduler/scheduler_config.json"]
-    patterns += ["tokenizer/*"] + [
-        f"{k}/{f.format(variant)}" for k, f in WEIGHTS.items()
-    ]
+    patterns += ["tokenizer/*", *files]
     try:
         return Path(snapshot_download(name, allow_patterns=patterns))
     # offline, unknown repository, no access: all mean "no weights here"
