@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from .choices import SAMPLERS, SPACINGS
-from .errors import InvalidType, InvalidValue, MissingFile, NotFinite
+from .errors import InvalidType, InvalidValue, NotFinite
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -163,17 +163,12 @@ def check_path_argument(name: str, value: object) -> None:
 
 
 def check_config_argument(config: str | os.PathLike | None, weights: Path) -> None:
-    """config names the configs of a single-file checkpoint: a folder, and only for a
-    file."""
+    """config names the configs of a single-file checkpoint, and only of one (the
+    folder itself is read, and refused if it is not one, before the weights)."""
     if config is not None and weights.is_dir():
         raise InvalidValue(
             f"config is for single-file checkpoints; {weights} is a folder with its "
             "own configs"
-        )
-    if config is not None and not Path(config).expanduser().is_dir():
-        raise MissingFile(
-            "config must be a diffusers-format folder of configs; "
-            f"{config} is not a folder"
         )
 
 
