@@ -12,7 +12,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -22,8 +22,6 @@ from .errors import InvalidType, InvalidValue, NotFinite
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-    from .train import TrainConfig
 
 
 # -- what counts as an integer, a number, a list of prompts ----------------------------
@@ -415,8 +413,9 @@ def check_finite(x: torch.Tensor, what: str, where: str) -> None:
 # -- the settings of a training run (minsd/train.py) -----------------------------------
 
 
-def check_train_config(config: "TrainConfig") -> None:
-    """Counts are positive integers, unet_stop within unet_steps, lr >= 0 and
+def check_train_config(config: Any) -> None:
+    """A minsd.train.TrainConfig's settings (not imported: train.py imports this
+    module): counts are positive integers, unet_stop within unet_steps, lr >= 0 and
     max_minutes positive (or None)."""
     counts = ["train_images", "vae_steps", "vae_batch", "unet_steps", "unet_batch"]
     for name in counts + ["model_max_length"]:
