@@ -12,18 +12,16 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
 from .choices import SAMPLERS, SPACINGS
-from .errors import InvalidType, InvalidValue, MissingFile, NotFinite
+from .errors import InvalidType, InvalidValue, NotFinite
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-    from .train import TrainConfig
 
 
 # -- what counts as an integer, a number, a list of prompts ----------------------------
@@ -163,17 +161,12 @@ def check_path_argument(name: str, value: object) -> None:
 
 
 def check_config_argument(config: str | os.PathLike | None, weights: Path) -> None:
-    """config names the configs of a single-file checkpoint: a folder, and only for a
-    file."""
+    """config names the configs of a single-file checkpoint, and only of one (the
+    folder itself is read, and refused if it is not one, before the weights)."""
     if config is not None and weights.is_dir():
         raise InvalidValue(
             f"config is for single-file checkpoints; {weights} is a folder with its "
             "own configs"
-        )
-    if config is not None and not Path(config).expanduser().is_dir():
-        raise MissingFile(
-            "config must be a diffusers-format folder of configs; "
-            f"{config} is not a folder"
         )
 
 
@@ -420,8 +413,9 @@ def check_finite(x: torch.Tensor, what: str, where: str) -> None:
 # -- the settings of a training run (minsd/train.py) -----------------------------------
 
 
-def check_train_config(config: "TrainConfig") -> None:
-    """Counts are positive integers, unet_stop within unet_steps, lr >= 0 and
+def check_train_config(config: Any) -> None:
+    """A minsd.train.TrainConfig's settings (not imported: train.py imports this
+    module): counts are positive integers, unet_stop within unet_steps, lr >= 0 and
     max_minutes positive (or None)."""
     counts = ["train_images", "vae_steps", "vae_batch", "unet_steps", "unet_batch"]
     for name in counts + ["model_max_length"]:

@@ -1,9 +1,9 @@
 """Loading SD 1.5 into a minsd pipeline: a diffusers-format folder, a Hugging Face hub
-id (downloaded), or one .safetensors checkpoint in the original layout (single_file.py).
+id (downloaded), or one .safetensors checkpoint in the original CompVis layout.
 
-The configs and the tokenizer are read and checked first (configs.py), then each
-weights file's header, so that a damaged file is refused before any weight is read.
-minsd's UNet takes its weights with torch's load_state_dict(strict=True), whose error
+Everything is checked before any weight is read: the arguments, the configs and the
+tokenizer (configs.py), each weights file's header. minsd's UNet is built from its
+config and takes its weights with torch's load_state_dict(strict=True), whose error
 names every missing, unexpected and misshapen tensor. The VAE and the text encoder load
 with diffusers and transformers, which would initialise a missing weight at random:
 their loading info is refused the same way. Only safetensors files are read.
@@ -12,6 +12,7 @@ their loading info is refused the same way. Only safetensors files are read.
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,15 +29,21 @@ from .checks import (
     resolve_dtype,
 )
 from .choices import WEIGHTS_ENV
-from .configs import read_configs, read_unet_config
+from .configs import (
+    SD15_CONFIG,
+    diffusers_unet_config,
+    read_configs,
+    read_unet_config,
+    refuse,
+)
 from .errors import InvalidValue, MissingFile, one_line
 from .pipeline import StableDiffusion
 from .unet import UNet, UNetConfig
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"  # the tiny shapes model
 # each part's weights file in a diffusers folder; {} is the variant, "" or ".fp16"
-UNET_WEIGHTS = "diffusion_pytorch_model{}.safetensors"  # also the VAE's
-WEIGHTS = dict(unet=UNET_WEIGHTS, vae=UNET_WEIGHTS, text_encoder="model{}.safetensors")
+WEIGHTS = dict(unet="diffusion_pytorch_model{}.safetensors")
+WEIGHTS |= dict(vae=WEIGHTS["unet"], text_encoder="model{}.safetensors")
 PICKLED = (".ckpt", ".pt", ".pth", ".bin", ".pkl")  # torch.save files: never read
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name
 
@@ -74,33 +81,32 @@ def load_pipeline(
         if path.is_dir():
             parts = load_folder(path, dtype)
         else:
-            from .single_file import load_single_file  # which builds on this module
-
             parts = load_single_file(path, config)
     name = "minsd default (shapes)" if Path(weights) == DEFAULT_MODEL else str(weights)
     return StableDiffusion(**parts, device=device, dtype=dtype, name=name)
 
 
 def load_folder(folder: Path, dtype: torch.dtype) -> dict:
-    """StableDiffusion's parts from a diffusers folder."""
+    """StableDiffusion's parts from a diffusers folder: its configs, then each part
+    built from its config and given its weights (the fp16 files, where the folder has
+    them and the pipeline runs in fp16)."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
-    configs = read_configs(folder)
-    # the fp16 files, where the folder has them and the pipeline runs in fp16
-    fp16 = (folder / "unet" / UNET_WEIGHTS.format(".fp16")).is_file()
+    parts = read_configs(folder)
+    fp16 = (folder / "unet" / WEIGHTS["unet"].format(".fp16")).is_file()
     variant = "fp16" if dtype == torch.float16 and fp16 else None
     vae_file = weights_file(folder / "vae", variant)
     text_encoder_file = weights_file(folder / "text_encoder", variant)
-    unet = load_unet(folder / "unet", variant, configs.unet)
+    parts["unet"] = load_unet(folder / "unet", variant, parts["unet"])
     files = dict(variant=variant, use_safetensors=True)
     # low_cpu_mem_usage=False: the default needs `accelerate`, and warns without it
     vae_options = dict(torch_dtype=dtype, low_cpu_mem_usage=False)
-    vae = from_pretrained(AutoencoderKL, vae_file, **files, **vae_options)
-    text_encoder = from_pretrained(
+    parts["vae"] = from_pretrained(AutoencoderKL, vae_file, **files, **vae_options)
+    parts["text_encoder"] = from_pretrained(
         CLIPTextModel, text_encoder_file, **files, dtype=dtype
     )
-    return configs.pipeline_parts(unet=unet, vae=vae, text_encoder=text_encoder)
+    return parts
 
 
 def load_unet(
@@ -112,6 +118,54 @@ def load_unet(
         unet = UNet(config or read_unet_config(folder / "config.json"))
     load_strict(unet, load_file(path), path)
     return unet
+
+
+def load_single_file(path: Path, config: str | os.PathLike | None = None) -> dict:
+    """StableDiffusion's parts from an SD 1.x checkpoint in one .safetensors file, in
+    the layout of CompVis' `ldm` code (the form most SD 1.5 fine-tunes circulate in):
+    the UNet under "model.diffusion_model.", the VAE under "first_stage_model.", the
+    text encoder under "cond_stage_model.transformer.". diffusers' single-file code
+    renames them, and each part loads strictly. The configs come from the folder
+    config, else SD 1.5's."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders import single_file_utils as ldm
+    from transformers import CLIPTextModel
+
+    folder = SD15_CONFIG if config is None else Path(config).expanduser()
+    parts = read_configs(folder)
+    keys = read_header(path)
+    layout = dict(UNet=[ldm.LDM_UNET_KEY], VAE=ldm.LDM_VAE_KEYS)
+    layout["text encoder"] = ldm.LDM_CLIP_PREFIX_TO_REMOVE
+    for part, prefixes in layout.items():
+        if not any(key.startswith(tuple(prefixes)) for key in keys):
+            raise InvalidValue(
+                f"{path} holds no {part} in the original SD layout (no key starts "
+                f"with {' or '.join(prefixes)}); minsd reads whole SD 1.x checkpoints "
+                "(UNet, VAE and CLIP text encoder in one file), or diffusers folders"
+            )
+    if sum(key.startswith("model_ema.") for key in keys) > 100:  # diffusers' test
+        warnings.warn(
+            f"{path} holds the UNet's weights twice, with and without EMA; minsd loads "
+            "the ones without, as diffusers does by default (SD 1.5's diffusers "
+            "release holds the EMA ones)",
+            stacklevel=3,
+        )
+
+    checkpoint = load_file(path)
+    source = f"{path} (converted from the original SD layout; configs from {folder})"
+    with torch.device("meta"):  # nothing allocated: the weights replace everything
+        unet = UNet(parts["unet"])
+        vae = AutoencoderKL.from_config(parts["vae"])
+    unet_config = diffusers_unet_config(parts["unet"])
+    load_strict(unet, ldm.convert_ldm_unet_checkpoint(checkpoint, unet_config), source)
+    vae_state = ldm.convert_ldm_vae_checkpoint(checkpoint, dict(vae.config))
+    load_strict(vae, vae_state, source)
+    text_state = ldm.convert_ldm_clip_checkpoint(checkpoint)
+    text_config = parts["text_encoder"]
+    text_encoder = from_pretrained(
+        CLIPTextModel, source, config=text_config, state_dict=text_state
+    )
+    return parts | dict(unet=unet, vae=vae, text_encoder=text_encoder)
 
 
 def load_strict(model: nn.Module, state: dict, source: object) -> None:
@@ -129,45 +183,33 @@ def from_pretrained(cls: type, source: Path | str, **options: object) -> nn.Modu
     """cls.from_pretrained (diffusers or transformers) of the file source, or of
     options' state_dict, refused unless every tensor fits."""
     folder = None if "state_dict" in options else Path(source).parent
-    try:
-        model, info = cls.from_pretrained(
-            folder, output_loading_info=True, ignore_mismatched_sizes=True, **options
-        )
-    # the libraries raise many types; each means "these files do not make this model"
-    except Exception as err:
-        raise InvalidValue(
-            f"{source}: no {cls.__name__} could be loaded ({type(err).__name__}: "
-            f"{one_line(err)})"
-        ) from err
-    problems = [f"missing from the file: {k}" for k in info["missing_keys"]]
-    problems += [f"not in the {cls.__name__}: {k}" for k in info["unexpected_keys"]]
+    model, info = cls.from_pretrained(
+        folder, output_loading_info=True, ignore_mismatched_sizes=True, **options
+    )
+    name = cls.__name__
+    problems = [f"missing from the file: {k}" for k in sorted(info["missing_keys"])]
+    problems += [f"not in the {name}: {k}" for k in sorted(info["unexpected_keys"])]
     problems += [
         f"shape of {k}: file {tuple(a)}, expected {tuple(b)}"
-        for k, a, b in info.get("mismatched_keys", [])
+        for k, a, b in sorted(info["mismatched_keys"])
     ]
-    if problems:
-        name = cls.__name__
-        raise InvalidValue(
-            f"{source} does not fit the {name} of its config: " + "; ".join(problems)
-        )
+    refuse(f"{source} does not fit the {name} of its config", problems)
     return model
 
 
-# --------------------------------------------------------------------------------------
-# Where the weights are
+# -- where the weights are -------------------------------------------------------------
 
 
 def find_weights(weights: str | os.PathLike, fp16: bool = False) -> Path:
     """A local folder or .safetensors file; else, if the name can be a hub id
-    (owner/name), its download."""
+    (owner/name), its diffusers folder, downloaded (safetensors only) or cached."""
     path = Path(weights).expanduser()
     if path.is_file() and path.suffix in PICKLED:
         raise InvalidValue(
             f"{path} is a pickled checkpoint, and minsd never unpickles (loading a "
             "pickle can run any code in it). Convert it where you trust it (e.g. in a "
             "sandbox: safetensors.torch.save_file of its state_dict, or diffusers' "
-            "scripts/convert_original_stable_diffusion_to_diffusers.py) and pass the "
-            ".safetensors file or the folder"
+            "scripts/convert_original_stable_diffusion_to_diffusers.py)"
         )
     if path.is_file() and path.suffix != ".safetensors":
         raise InvalidValue(
@@ -176,38 +218,29 @@ def find_weights(weights: str | os.PathLike, fp16: bool = False) -> Path:
         )
     if path.exists():
         return path
-    name = str(weights)
+    name, local = str(weights), path.absolute()
     if not HUB_ID.fullmatch(name) or name.endswith((".safetensors", *PICKLED)):
         raise MissingFile(
             f"{name!r} is not a local folder, and it could not be downloaded: no such "
-            f"file or folder ({path.absolute()}), and it cannot be a Hugging Face hub "
-            "repository id (owner/name)"
+            f"file or folder ({local}), and it cannot be a Hugging Face hub repository "
+            "id (owner/name)"
         )
-    print(
-        f"minsd: {name} is not a local folder (no such path: {path.absolute()}); "
-        "trying it as a Hugging Face hub repository id",
-        file=sys.stderr,
-    )
-    return download(name, path.absolute(), ".fp16" if fp16 else "")
-
-
-def download(repo_id: str, local: Path, variant: str) -> Path:
-    """The hub repository's diffusers folder (safetensors only), downloaded or from the
-    local cache."""
+    print(f"minsd: no such path: {local}; trying {name} as a hub id", file=sys.stderr)
     from huggingface_hub import snapshot_download
 
-    weights = [f"{part}/{file.format(variant)}" for part, file in WEIGHTS.items()]
+    variant = ".fp16" if fp16 else ""
+    files = [f"{part}/{file.format(variant)}" for part, file in WEIGHTS.items()]
     patterns = ["model_index.json", "*/config.json", "scheduler/scheduler_config.json"]
-    patterns += ["tokenizer/*", *weights]
+    patterns += ["tokenizer/*", *files]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        return Path(snapshot_download(name, allow_patterns=patterns))
     # offline, unknown repository, no access: all mean "no weights here"
     except Exception as err:
         raise MissingFile(
-            f"{repo_id!r} is not a local folder (no such path: {local}), and it could "
-            "not be downloaded from the Hugging Face hub as a repository id "
+            f"{name!r} is not a local folder (no such path: {local}), and it could not "
+            "be downloaded from the Hugging Face hub as a repository id "
             f"({type(err).__name__}: {one_line(err)}). On a machine with internet "
-            f"access run `hf download {repo_id} --include "
+            f"access run `hf download {name} --include "
             f"{' '.join(repr(p) for p in patterns)} --local-dir sd15`, then pass the "
             f"folder (--weights sd15) or set {WEIGHTS_ENV}=sd15"
         ) from err
@@ -239,21 +272,21 @@ def read_header(path: Path) -> list[str]:
 
 @contextmanager
 def quiet_libraries() -> Iterator[None]:
-    """Silence transformers' and diffusers' progress bars and load reports: in a
-    notebook the bars land on the page, and every problem a report names is raised
-    here as an error."""
+    """transformers' and diffusers' progress bars and load reports off while loading
+    (in a notebook the bars land on the page; every problem a report names is raised
+    here as an error), and as they were after."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     libraries = (transformers_logging, diffusers_logging)
-    saved = [(lib.is_progress_bar_enabled(), lib.get_verbosity()) for lib in libraries]
+    saved = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
     for library in libraries:
-        library.disable_progress_bar()
         library.set_verbosity_error()
+        library.disable_progress_bar()
     try:
         yield
     finally:
-        for library, (bars, verbosity) in zip(libraries, saved):
+        for library, (verbosity, bars) in zip(libraries, saved):
             library.set_verbosity(verbosity)
             if bars:
                 library.enable_progress_bar()

@@ -21,9 +21,8 @@ from conftest import TINY_UNET_CONFIGS
 from ldm_layout import ldm_checkpoint, renamed, unet_prefixes
 from safetensors.torch import load_file, save_file
 
-from minsd.configs import read_configs
+from minsd.configs import SD15_CONFIG, read_configs
 from minsd.loading import load_pipeline
-from minsd.single_file import SD15_CONFIG, SD15_MAX_TOKENS, SD15_TOKENIZER
 from minsd.unet import UNet, UNetConfig
 
 
@@ -88,20 +87,20 @@ def test_the_sd15_configs_are_sd15():
 
     from minsd.denoiser import scaled_linear_alphas_cumprod
 
-    configs = read_configs(SD15_CONFIG, SD15_TOKENIZER, SD15_MAX_TOKENS)
-    assert configs.unet == UNetConfig()
+    configs = read_configs(SD15_CONFIG)
+    assert configs["unet"] == UNetConfig()
     with torch.device("meta"):
-        unet = UNet(configs.unet)
-        vae = AutoencoderKL.from_config(configs.vae)
-        text_encoder = CLIPTextModel(configs.text_encoder)
+        unet = UNet(configs["unet"])
+        vae = AutoencoderKL.from_config(configs["vae"])
+        text_encoder = CLIPTextModel(configs["text_encoder"])
     counts = [sum(p.numel() for p in m.parameters()) for m in (unet, vae, text_encoder)]
     assert counts == [859_520_964, 83_653_863, 123_060_480]
     assert (
         vae.config.scaling_factor == 0.18215
         and 2 ** (len(vae.config.block_out_channels) - 1) == 8
     )
-    assert torch.equal(configs.alphas_cumprod, scaled_linear_alphas_cumprod())
-    tokenizer = configs.tokenizer
+    assert torch.equal(configs["alphas_cumprod"], scaled_linear_alphas_cumprod())
+    tokenizer = configs["tokenizer"]
     assert tokenizer.model_max_length == 77 and len(tokenizer) == 49408
     ids = tokenizer("a photograph of an astronaut riding a horse").input_ids
     assert ids == [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]
