@@ -44,6 +44,7 @@ SCRIPTS = (
     "loop.js",  # one file per widget
     "img2img.js",
     "toy_widget.js",
+    "attention.js",
     "widgets.js",  # mounts every widget of the page
 )
 STAMP = "export.json"  # what the export was made from, and its parity numbers
