@@ -114,23 +114,31 @@
   }
 
   // matplotlib's RdBu_r: blue below 0, white at 0, red above, for v in [-1, 1].
-  const RDBU_R = [
-    "#053061",
-    "#2166ac",
-    "#4393c3",
-    "#92c5de",
-    "#d1e5f0",
-    "#f7f7f7",
-    "#fddbc7",
-    "#f4a582",
-    "#d6604d",
-    "#b2182b",
-    "#67001f",
-  ].map((c) => [1, 3, 5].map((k) => parseInt(c.slice(k, k + 2), 16)));
+  const RDBU_R = "053061 2166ac 4393c3 92c5de d1e5f0 f7f7f7 fddbc7 f4a582 d6604d b2182b 67001f"
+    .split(" ")
+    .map((c) => [0, 2, 4].map((k) => parseInt(c.slice(k, k + 2), 16)));
   function rdbu_r(v) {
     const x = ((Math.min(Math.max(v, -1), 1) + 1) / 2) * (RDBU_R.length - 1);
     const k = Math.min(Math.floor(x), RDBU_R.length - 2);
     return RDBU_R[k].map((a, c) => Math.round(a + (x - k) * (RDBU_R[k + 1][c] - a)));
+  }
+
+  // Chapter 11's token_panels: the maps (T, n) of the tokens up to the end token, then
+  // the padding's mean.
+  function token_panels(maps, T, end) {
+    const n = maps.length / T;
+    const panels = Array.from({ length: end + 1 }, (_, j) => maps.subarray(j * n, (j + 1) * n));
+    const padding = new Float32Array(n);
+    for (let j = end + 1; j < T; j++) {
+      for (let p = 0; p < n; p++) padding[p] += maps[j * n + p] / (T - end - 1);
+    }
+    return [...panels, padding];
+  }
+
+  // Chapter 11's relative: a map as percent above its mean, R_j = 100 (M_j / mean M_j - 1).
+  function relative(map) {
+    const mean = map.reduce((a, b) => a + b, 0) / map.length;
+    return Array.from(map, (v) => 100 * (v / mean - 1));
   }
 
   const SCALE = 4; // map canvases: 4 canvas pixels an image pixel, for a thin outline
@@ -174,8 +182,8 @@
       look: "maps",
       text:
         "At the first step the estimate D is a blur with no shape yet, and already the " +
-        "maps have a pattern: they follow what the network makes of the noise, not yet " +
-        "a drawn shape.",
+        "maps have a pattern, as strong as at the last step: it cannot come from a " +
+        "shape that is not drawn yet.",
     },
     {
       label: "by place",
@@ -221,7 +229,7 @@
     const sigmas = get_sigmas(minsd.ui.sigma_table(), N, first.defaults.spacing);
     const hw = size * size;
     const bytes = minsd.runtime.base64_bytes;
-    // The shown run: {options, sigmas, pixels, mask, levels, steps, decoded}; decoded
+    // The shown run: {options, sigmas, pixels, levels, steps, decoded}; decoded
     // is filled per step when first shown (the build's: all of them).
     let result = {
       options: { ...first.defaults },
@@ -240,16 +248,8 @@
       const t0 = performance.now();
       const attention = await cross_attention_maps(model, asked, (i, n) => run.on_step(i, n));
       const ms = performance.now() - t0;
-      const { pixels, sigmas, steps } = attention.generation;
-      result = {
-        options: asked,
-        sigmas,
-        pixels,
-        levels: levels_of(attention),
-        steps,
-        decoded: [],
-        ms,
-      };
+      const levels = levels_of(attention);
+      result = { options: asked, ...attention.generation, levels, decoded: [], ms };
       run.say(`${N} steps and their maps in ${(ms / 1000).toFixed(2)} s`);
       await show(model);
     }
@@ -262,26 +262,15 @@
       const n = chosen.size[0] * chosen.size[1]; // positions
       const T = chosen.maps.length / (N * n); // tokens
       const maps = chosen.maps.subarray(i * T * n, (i + 1) * T * n); // (T, h_l w_l)
-      const words = shown.options.prompt.split(" ");
-      const end = words.length + 1; // the end token; the padding follows
-      const panels = Array.from({ length: end + 1 }, (_, j) => maps.subarray(j * n, (j + 1) * n));
-      const padding = new Float32Array(n).map((_, p) => {
-        let sum = 0;
-        for (let j = end + 1; j < T; j++) sum += maps[j * n + p];
-        return sum / (T - end - 1);
-      });
-      panels.push(padding);
-      const relative = panels.map((m) => {
-        const mean = m.reduce((a, b) => a + b, 0) / n;
-        return Array.from(m, (v) => 100 * (v / mean - 1));
-      });
-      const limit = Math.max(...relative.flat().map(Math.abs));
+      const words = shown.options.prompt.split(" "); // one token each, in the vocabulary
+      const panels = token_panels(maps, T, words.length + 1).map(relative);
+      const limit = Math.max(...panels.flat().map(Math.abs));
       const labels = ["start", ...words, "end", "pad (mean)"];
       const mask = foreground_mask(shown.pixels, size);
       map_grid.replaceChildren(
         parts.image,
         parts.denoised,
-        ...relative.map((r, j) => {
+        ...panels.map((r, j) => {
           const canvas = h("canvas", {
             width: size * SCALE,
             height: size * SCALE,
@@ -319,8 +308,9 @@
       return result;
     }
 
-    for (const control of [step, level])
+    for (const control of [step, level]) {
       control.input.addEventListener("input", () => show(runner.model));
+    }
     for (const input of [...prompt.inputs, seed.input]) {
       input.addEventListener("input", () => runner.request());
     }
