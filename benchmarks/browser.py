@@ -1,17 +1,18 @@
 """The default model in the reader's browser: ms per UNet call in headless Chromium (ONNX
 Runtime Web, one WebAssembly thread) beside torch's (one thread) on the same model, the
-time of a guided 20-step Euler image in the page, how soon the widgets show their first
-pictures, and the page weight the live widgets add.
+time of a guided 20-step Euler image in the page, a run of chapter 11's attention widget,
+how soon the widgets show their first pictures, and the page weight the live widgets add.
 
     python benchmarks/browser.py [--quick] [--busy K] [--live DIR]
 
 It exports the model as the book build does (minsd.live; --live reuses an export, such
 as the one a book build keeps in _build/.minsd_live/KEY/), opens a bare page with the
-three widgets, their scripts and settings as the build writes them (book/_ext/
-minsd_live.py), from file:// in /usr/bin/chromium, and times there: the first pictures
-(drawn on load, before any model), the first load (runtime and model), UNet calls at
-batch 2 (uncond + cond), and whole images (20 Euler steps with guidance 7.5, then the
-VAE decoder), each the median of several runs after a warm-up. --busy K keeps K
+widgets, their scripts and settings as the build writes them (book/_ext/minsd_live.py),
+from file:// in /usr/bin/chromium, and times there: the first pictures (drawn on load,
+before any model), the first load (runtime and model), UNet calls at batch 2 (uncond +
+cond; with and without the attention maps as outputs), whole images (20 Euler steps
+with guidance 7.5, then the VAE decoder) and attention runs (the same, recording the
+maps, then drawn), each the median of several runs after a warm-up. --busy K keeps K
 processes spinning beside the browser, as on a busy machine. The target is at most
 1 s per image on a busy 2-core machine.
 """
@@ -41,7 +42,7 @@ import minsd_live  # noqa: E402  (the book's extension: its scripts and settings
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PROMPT = "a blue circle on a white background"
-WIDGETS = ("toy", "loop", "img2img")
+WIDGETS = ("toy", "loop", "img2img", "attention")
 
 # When every widget of the page had drawn its first picture, in ms from navigation.
 FIRST_PICTURES = """async () => {
@@ -78,6 +79,34 @@ MEASURE = """async ([unet_calls, images]) => {
   }
   return {load_ms, unet_ms: median(calls), image_ms: median(image_ms),
           image_min_ms: Math.min(...image_ms), image_max_ms: Math.max(...image_ms)};
+}""".replace("%PROMPT%", PROMPT)
+
+# Chapter 11's widget, the model loaded: a UNet call with every attention map as an
+# output, and a run (20 steps recording the maps, then the image and one map panel
+# drawn), from the API's run() to the picture, for other seeds each time.
+ATTENTION = """async ([unet_calls, runs]) => {
+  const median = (v) => v.slice().sort((a, b) => a - b)[Math.floor(v.length / 2)];
+  const model = await minsd.runtime.load();
+  const x = new Float32Array(2 * 4 * 8 * 8).fill(0.5);
+  const t = new Float32Array([500, 500]);
+  const context = model.data.embedding("%PROMPT%");
+  const both = new Float32Array(2 * context.length);
+  both.set(context); both.set(context, context.length);
+  const calls = [];
+  for (let k = 0; k < unet_calls + 3; k++) {
+    const s = performance.now();
+    await model.unet_maps(x, t, both);
+    if (k >= 3) calls.push(performance.now() - s);
+  }
+  const widget = document.querySelector("[data-widget=attention]").minsdWidget;
+  const run_ms = [];
+  for (let k = 0; k < runs + 1; k++) {
+    const s = performance.now();
+    await widget.set({prompt: "%PROMPT%", seed: k + 1}).run();
+    if (k >= 1) run_ms.push(performance.now() - s);
+  }
+  return {unet_maps_ms: median(calls), run_ms: median(run_ms),
+          run_min_ms: Math.min(...run_ms), run_max_ms: Math.max(...run_ms)};
 }""".replace("%PROMPT%", PROMPT)
 
 
@@ -150,6 +179,7 @@ def in_browser(page: Path, unet_calls: int, images: int) -> dict:
         tab.goto(page.as_uri())
         first_pictures_ms = tab.evaluate(FIRST_PICTURES)
         result = tab.evaluate(MEASURE, [unet_calls, images])
+        result |= tab.evaluate(ATTENTION, [unet_calls, images])
         result["first_pictures_ms"] = first_pictures_ms
         version = browser.version
         browser.close()
@@ -226,8 +256,17 @@ def main():
     )
     print(f"| first load (runtime + model), ms | {browser['load_ms']:.0f} | |")
     print(
-        f"| the three widgets' first pictures, ms after navigation | "
+        f"| the {len(WIDGETS)} widgets' first pictures, ms after navigation | "
         f"{browser['first_pictures_ms']:.0f} | |"
+    )
+    print(
+        f"| attention: ms per UNet call with its maps (batch 2) | "
+        f"{browser['unet_maps_ms']:.1f} | |"
+    )
+    print(
+        f"| attention: ms per run (20 steps and their maps, drawn) | "
+        f"{browser['run_ms']:.0f} (min {browser['run_min_ms']:.0f}, max "
+        f"{browser['run_max_ms']:.0f}) | |"
     )
     (load_raw, load_zip), (run_raw, run_zip) = weight["on_load"], weight["on_run"]
     print(
@@ -235,8 +274,8 @@ def main():
         f"{(load_zip + run_zip) / 1e6:.1f} MB gzipped"
     )
     print(
-        f"of which on load (scripts, stylesheet, the three pages' settings and first "
-        f"results): {load_raw / 1e3:.0f} kB, {load_zip / 1e3:.0f} kB gzipped"
+        f"of which on load (scripts, stylesheet, the {len(WIDGETS)} pages' settings and "
+        f"first results): {load_raw / 1e3:.0f} kB, {load_zip / 1e3:.0f} kB gzipped"
     )
     target = "met" if browser["image_ms"] <= 1000 else "NOT met"
     print(f"target (an image in at most 1 s in the browser): {target}")
