@@ -1,20 +1,22 @@
 """The default model in the reader's browser: ms per UNet call in headless Chromium (ONNX
 Runtime Web, one WebAssembly thread) beside torch's (one thread) on the same model, the
-time of a guided 20-step Euler image in the page, how soon the widgets show their first
-pictures, and the page weight the live widgets add.
+time of a guided 20-step Euler image in the page, a run of chapter 11's attention widget
+and of chapter 9's comparison, how soon the widgets show their first pictures, and the
+page weight the live widgets add.
 
     python benchmarks/browser.py [--quick] [--busy K] [--live DIR]
 
 It exports the model as the book build does (minsd.live; --live reuses an export, such
 as the one a book build keeps in _build/.minsd_live/KEY/), opens a bare page with the
-model widgets, their scripts and settings as the build writes them (book/_ext/
-minsd_live.py), from file:// in /usr/bin/chromium, and times there: the first pictures
-(drawn on load, before any model), the first load (runtime and model), UNet calls at
-batch 2 (uncond + cond), whole images (20 Euler steps with guidance 7.5, then the
-VAE decoder) and comparisons of chapter 9's widget (two columns of 20 steps, and with
-a new 100-step reference), each the median of several runs after a warm-up. --busy K
-keeps K processes spinning beside the browser, as on a busy machine. The target is at
-most 1 s per image on a busy 2-core machine.
+widgets, their scripts and settings as the build writes them (book/_ext/minsd_live.py),
+from file:// in /usr/bin/chromium, and times there: the first pictures (drawn on load,
+before any model), the first load (runtime and model), UNet calls at batch 2 (uncond +
+cond; with and without the attention maps as outputs), whole images (20 Euler steps with
+guidance 7.5, then the VAE decoder), attention runs (the same, recording the maps, then
+drawn) and comparisons of chapter 9's widget (two columns of 20 steps, and with a new
+100-step reference), each the median of several runs after a warm-up. --busy K keeps K
+processes spinning beside the browser, as on a busy machine. The target is at most 1 s
+per image on a busy 2-core machine.
 """
 
 import argparse
@@ -42,7 +44,7 @@ import minsd_live  # noqa: E402  (the book's extension: its scripts and settings
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PROMPT = "a blue circle on a white background"
-WIDGETS = ("toy", "loop", "img2img", "compare")
+WIDGETS = ("toy", "loop", "img2img", "compare", "attention")
 
 # When every widget of the page had drawn its first picture, in ms from navigation.
 FIRST_PICTURES = """async () => {
@@ -98,6 +100,45 @@ COMPARE = """async (runs) => {
   }
   return {compare_reference_ms: median(with_reference), compare_ms: median(columns)};
 }"""
+
+# Chapter 11's widget: its first picture alone (a second one built on the page: minsd's
+# maps decoded and drawn), then, the model loaded, a UNet call with every attention map
+# as an output, and a run (20 steps recording the maps, then the image and the map
+# panels drawn), from the API's run() to the picture, for other seeds each time.
+ATTENTION = """async ([unet_calls, runs]) => {
+  const median = (v) => v.slice().sort((a, b) => a - b)[Math.floor(v.length / 2)];
+  const firsts = [];
+  for (let k = 0; k < 5; k++) {
+    const root = document.createElement("div");
+    document.body.append(root);
+    const s = performance.now();
+    minsd.widgets.attention(root);  // draws minsd's maps before it returns
+    firsts.push(performance.now() - s);
+    root.remove();
+  }
+  const model = await minsd.runtime.load();
+  const x = new Float32Array(2 * 4 * 8 * 8).fill(0.5);
+  const t = new Float32Array([500, 500]);
+  const context = model.data.embedding("%PROMPT%");
+  const both = new Float32Array(2 * context.length);
+  both.set(context); both.set(context, context.length);
+  const calls = [];
+  for (let k = 0; k < unet_calls + 3; k++) {
+    const s = performance.now();
+    await model.unet_maps(x, t, both);
+    if (k >= 3) calls.push(performance.now() - s);
+  }
+  const widget = document.querySelector("[data-widget=attention]").minsdWidget;
+  const run_ms = [];
+  for (let k = 0; k < runs + 1; k++) {
+    const s = performance.now();
+    await widget.set({prompt: "%PROMPT%", seed: k + 1}).run();
+    if (k >= 1) run_ms.push(performance.now() - s);
+  }
+  return {attention_first_ms: median(firsts), unet_maps_ms: median(calls),
+          run_ms: median(run_ms),
+          run_min_ms: Math.min(...run_ms), run_max_ms: Math.max(...run_ms)};
+}""".replace("%PROMPT%", PROMPT)
 
 
 def prepare(folder: Path, export: Path | None) -> tuple[Path, dict]:
@@ -170,6 +211,7 @@ def in_browser(page: Path, unet_calls: int, images: int) -> dict:
         first_pictures_ms = tab.evaluate(FIRST_PICTURES)
         result = tab.evaluate(MEASURE, [unet_calls, images])
         result.update(tab.evaluate(COMPARE, max(images // 3, 1)))
+        result |= tab.evaluate(ATTENTION, [unet_calls, images])
         result["first_pictures_ms"] = first_pictures_ms
         version = browser.version
         browser.close()
@@ -256,6 +298,19 @@ def main():
     print(
         f"| the {len(WIDGETS)} widgets' first pictures, ms after navigation | "
         f"{browser['first_pictures_ms']:.0f} | |"
+    )
+    print(
+        f"| attention: its first picture alone, ms | "
+        f"{browser['attention_first_ms']:.0f} | |"
+    )
+    print(
+        f"| attention: ms per UNet call with its maps (batch 2) | "
+        f"{browser['unet_maps_ms']:.1f} | |"
+    )
+    print(
+        f"| attention: ms per run (20 steps and their maps, drawn) | "
+        f"{browser['run_ms']:.0f} (min {browser['run_min_ms']:.0f}, max "
+        f"{browser['run_max_ms']:.0f}) | |"
     )
     (load_raw, load_zip), (run_raw, run_zip) = weight["on_load"], weight["on_run"]
     print(

@@ -6,7 +6,9 @@ The rendered book samples with minsd's default model in the page, with ONNX Runt
 runs three networks, exported here from minsd's own modules with fixed shapes:
 
     unet.onnx         F_theta(x, t, context): x (2, C, h, w), t (2,), context (2, T, D);
-                      batch 2 = the unconditional and the conditional half of guidance
+                      batch 2 = the unconditional and the conditional half of guidance;
+                      besides eps, the cross-attention probabilities of every attn2
+                      layer, averaged over the heads (UNetWithMaps), for chapter 11
     vae_decoder.onnx  pipe.decode: latents (1, C, h, w) -> pixels (1, 3, H, W) in [0, 1]
     vae_encoder.onnx  pipe.encode: pixels (1, 3, H, W) in [0, 1] -> latents (1, C, h, w)
 
@@ -27,6 +29,7 @@ one loading path serves both a file and a server.
 """
 
 import base64
+import functools
 import io
 import json
 import re
@@ -39,6 +42,11 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from . import toy
+from .attention_maps import (
+    cross_attention_layers,
+    cross_attention_maps,
+    recording_cross_attention,
+)
 from .book import rms
 from .choices import SAMPLERS, SPACINGS
 from .dataset import BACKGROUNDS, COLOURS, SHAPES, all_captions
@@ -103,10 +111,46 @@ COMPARE_REFERENCE = dict(sampler="dpmpp_2m", spacing="karras", steps=100)
 # reference its mean error is measured against (Heun with this many steps).
 TOY_SEEDS = 20
 TOY_REFERENCE_STEPS = 400
+# Chapter 11's maps: its prompt and seed, and generate's defaults, opening at the last
+# step and the finest level.
+ATTENTION_DEFAULTS = dict(
+    prompt="a red circle on a black background",
+    seed=0,
+    steps=20,
+    guidance=7.5,
+    sampler="euler",
+    spacing="linspace",
+)
+ATTENTION_STEP_SHOWN = 19
 
 
 class ParityError(RuntimeError):
     """An exported network differs from PyTorch by more than PARITY_TOLERANCE."""
+
+
+class UNetWithMaps(nn.Module):
+    """F_theta and its cross-attention maps in one call: (x, t, context) -> eps, then
+    for every attn2 layer (in cross_attention_layers' order) the softmax over the T
+    tokens at each of its N_l positions, averaged over the heads, (B, N_l, T), as
+    recording_cross_attention records them. The loop's widgets read eps alone."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, t, context) -> tuple[torch.Tensor, ...]:
+        with recording_cross_attention(self.unet) as recorded:
+            eps = self.unet(x, t, context)
+        return (eps, *(calls[0] for calls in recorded.values()))
+
+
+def unet_and_maps(unet: nn.Module, x, t, context) -> tuple[torch.Tensor, ...]:
+    """What UNetWithMaps must equal: eps as generate computes it (the fused attention),
+    and the maps as recording_cross_attention records them."""
+    eps = unet(x, t, context)
+    with recording_cross_attention(unet) as recorded:
+        unet(x, t, context)
+    return (eps, *(calls[0] for calls in recorded.values()))
 
 
 class Decoder(nn.Module):
@@ -150,8 +194,8 @@ def export(out: Path, num_seeds: int = NUM_SEEDS) -> dict:
         prompts = ["", *all_captions()]  # the empty prompt first: guidance's uncond
         embeddings = pipe.encode_prompts(prompts)  # (1 + 24, T, D)
         parity = {}
-        for name, module, inputs, output, reference in networks(pipe, embeddings):
-            onnx_bytes = to_onnx(module, inputs, output)
+        for name, module, inputs, outputs, reference in networks(pipe, embeddings):
+            onnx_bytes = to_onnx(module, inputs, outputs)
             parity[name] = max_difference(onnx_bytes, inputs, reference)
             if parity[name] > PARITY_TOLERANCE:
                 raise ParityError(
@@ -167,7 +211,7 @@ def export(out: Path, num_seeds: int = NUM_SEEDS) -> dict:
 
 
 def networks(pipe: StableDiffusion, embeddings: torch.Tensor) -> list[tuple]:
-    """(file name, module, inputs, output name, reference) for each network: inputs
+    """(file name, module, inputs, output names, reference) for each network: inputs
     like the page's, named as the ONNX file names them; the reference is the
     package's own function that the file must equal."""
     channels, size = pipe.unet.config.in_channels, pipe.unet.config.sample_size
@@ -183,14 +227,21 @@ def networks(pipe: StableDiffusion, embeddings: torch.Tensor) -> list[tuple]:
     latents = {"latents": torch.randn(1, channels, size, size, generator=generator)}
     H = pipe.default_size  # the image height and width: 32 pixels
     pixels = {"pixels": torch.rand(1, 3, H, H, generator=generator)}
+    maps = [name for name, _ in cross_attention_layers(pipe.unet)]
     return [
-        ("unet.onnx", pipe.unet, unet_inputs, "eps", pipe.unet),
-        ("vae_decoder.onnx", Decoder(pipe), latents, "pixels", pipe.decode),
-        ("vae_encoder.onnx", Encoder(pipe), pixels, "latents", pipe.encode),
+        (
+            "unet.onnx",
+            UNetWithMaps(pipe.unet),
+            unet_inputs,
+            ["eps", *maps],
+            functools.partial(unet_and_maps, pipe.unet),
+        ),
+        ("vae_decoder.onnx", Decoder(pipe), latents, ["pixels"], pipe.decode),
+        ("vae_encoder.onnx", Encoder(pipe), pixels, ["latents"], pipe.encode),
     ]
 
 
-def to_onnx(module: nn.Module, inputs: dict, output: str) -> bytes:
+def to_onnx(module: nn.Module, inputs: dict, outputs: list[str]) -> bytes:
     """The module traced with these inputs' (fixed) shapes, as ONNX bytes, weights
     inside."""
     buffer = io.BytesIO()
@@ -203,7 +254,7 @@ def to_onnx(module: nn.Module, inputs: dict, output: str) -> bytes:
             tuple(inputs.values()),
             buffer,
             input_names=list(inputs),
-            output_names=[output],
+            output_names=outputs,
             opset_version=OPSET,
             dynamo=False,  # the TorchScript exporter: needs only `onnx`
         )
@@ -211,7 +262,8 @@ def to_onnx(module: nn.Module, inputs: dict, output: str) -> bytes:
 
 
 def max_difference(onnx_bytes: bytes, inputs: dict, reference) -> float:
-    """max |onnxruntime(inputs) - reference(inputs)| over the output's elements."""
+    """max |onnxruntime(inputs) - reference(inputs)| over the outputs' elements (a
+    reference of several outputs returns a tuple, in the file's order)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -219,11 +271,15 @@ def max_difference(onnx_bytes: bytes, inputs: dict, reference) -> float:
     session = onnxruntime.InferenceSession(
         onnx_bytes, options, providers=["CPUExecutionProvider"]
     )
-    (got,) = session.run(None, {k: v.numpy() for k, v in inputs.items()})
-    expected = reference(*inputs.values()).numpy()
-    if got.shape != expected.shape:
-        raise ParityError(f"ONNX output {got.shape}, PyTorch output {expected.shape}")
-    return float(np.abs(got - expected).max())
+    got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+    expected = reference(*inputs.values())
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    if [g.shape for g in got] != [tuple(e.shape) for e in expected]:
+        raise ParityError(
+            f"ONNX outputs {[g.shape for g in got]}, PyTorch outputs "
+            f"{[tuple(e.shape) for e in expected]}"
+        )
+    return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
 
 
 def page_data(
@@ -279,6 +335,7 @@ def first_results(pipe: StableDiffusion) -> dict:
     toy: the starting points of chapter 2 for seeds 0 .. TOY_SEEDS - 1 (torch's
     generator, which the page cannot reproduce), float64.
     compare: see compare_first_result.
+    attention: see attention_first_result.
     """
     table = pipe.denoiser.sigma_table
     loop = pipe.generate(**LOOP_DEFAULTS, return_steps=True, progress=False)
@@ -315,6 +372,45 @@ def first_results(pipe: StableDiffusion) -> dict:
             "reference_steps": TOY_REFERENCE_STEPS,
             "starting_points": float64_base64(points),  # (TOY_SEEDS, n, 2)
         },
+        "attention": attention_first_result(pipe),
+    }
+
+
+def attention_first_result(pipe: StableDiffusion) -> dict:
+    """Chapter 11's maps, cross_attention_maps(**ATTENTION_DEFAULTS): for each level
+    but 1 x 1 (one position: no picture), its layers and the maps of every step,
+    averaged over them as token_maps averages (float32); the image, and D(x_i;
+    sigma_i) decoded at every step."""
+    attention = cross_attention_maps(
+        pipe, **ATTENTION_DEFAULTS, return_steps=True, progress=False
+    )
+    levels = {}  # (h_l, w_l) -> the layers that work at that size, finest first
+    for name, maps in attention.maps.items():
+        levels.setdefault(tuple(maps.shape[-2:]), []).append(name)
+    steps = attention.generation.steps
+    denoised = pipe.decode(torch.cat([step["denoised"] for step in steps]))
+    return {
+        "defaults": ATTENTION_DEFAULTS,
+        "step": ATTENTION_STEP_SHOWN,
+        "levels": [
+            {
+                "size": list(size),
+                "layers": names,
+                # (N, T, h_l, w_l): at each step i, the maps of its UNet call
+                "maps": float32_base64(
+                    torch.stack(
+                        [
+                            attention.token_maps(names, [i], size)
+                            for i in range(len(steps))
+                        ]
+                    )
+                ),
+            }
+            for size, names in levels.items()
+            if size != (1, 1)
+        ],
+        "pixels": uint8_base64(attention.generation.pixels[0]),  # (3, H, W)
+        "decoded": uint8_base64(denoised),  # (N, 3, H, W)
     }
 
 

@@ -15,11 +15,14 @@ Run button), reads the result from the page, and compares it with the package:
 - the comparison of chapter 9: each column's image against `generate`'s, its NFE
   against minsd's count and its latent distance against minsd's to the same 100-step
   reference, also with "equal cost" on;
-- each widget opens on minsd's result for its opening controls, before any Run, and
-  the page computes the same picture when run; each "try this" line's claim, and each
-  card's of the guided tours (chapters 7 and 10), holds for what the widget draws; the schedules of the page equal `get_sigmas` for every
-  spacing and N = 1..100; a chapter's fallback paragraph gives way to the widget; on a
-  phone the widgets fit the column, with controls a finger can hit;
+- chapter 11's attention maps: every step's and level's maps of a prompt recorded in
+  the page against `minsd.attention_maps` (same prompt, seed and steps) to 1e-4;
+- each widget opens on minsd's result for its opening controls, before any Run, and the
+  page computes the same picture when run; each "try this" line's claim, and each card's
+  of the guided tours (chapters 7 and 10), holds for what the widget draws; the
+  schedules of the page equal `get_sigmas` for every spacing and N = 1..100; a chapter's
+  fallback paragraph gives way to the widget; on a phone the widgets fit the column,
+  with controls a finger can hit;
 - a failed load (no WebAssembly, a missing file) shows one line in the widget and
   leaves the page's precomputed figures; nothing is fetched from outside the book.
 
@@ -642,7 +645,7 @@ def test_a_failed_load_says_so_in_one_line(
     screenshot(root, f"failed_load_{open_page.kind}_{missing or 'wasm'}")
 
 
-@pytest.mark.parametrize("widget", ["loop", "img2img", "toy", "compare"])
+@pytest.mark.parametrize("widget", ["loop", "img2img", "toy", "compare", "attention"])
 def test_every_control_is_bounded(open_page, widget):
     """Widgets offer sliders with a minimum and a maximum, menus and buttons: no field
     takes a number or a text the model cannot use."""
@@ -1111,7 +1114,7 @@ FALLBACK = (
 )
 
 
-@pytest.mark.parametrize("widget", ["toy", "loop", "img2img", "compare"])
+@pytest.mark.parametrize("widget", ["toy", "loop", "img2img", "compare", "attention"])
 def test_a_fallback_paragraph_gives_way_to_the_widget(book, server, browser, widget):
     """A chapter's block may hold a sentence for JupyterLab's readers (or be empty, as
     before); in the book the widget takes its place."""
@@ -1143,7 +1146,7 @@ def test_widgets_fit_the_column_and_open_drawn(book, browser, size):
     first result on load, is no wider than the text column, has controls at least
     book_checks.MIN_CONTROL_PX tall, and nothing covers it (book_checks' measures)."""
     width, height = size
-    for widget in ("toy", "loop", "img2img", "compare"):
+    for widget in ("toy", "loop", "img2img", "compare", "attention"):
         page = browser.new_page(viewport={"width": width, "height": height})
         page.goto((book / page_with(book, widget)).as_uri(), wait_until="load")
         root = page.locator(f'.minsd-live[data-widget="{widget}"]')
@@ -1179,3 +1182,191 @@ def test_widgets_fit_the_column_and_open_drawn(book, browser, size):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         root.screenshot(path=str(SCREENSHOTS / f"{widget}_{width}.png"))
         page.close()
+
+
+# -- Chapter 11: the cross-attention maps of the reader's prompt ------------------------
+
+
+ATTENTION_RUNS = {
+    "file": dict(colour="green", shape="triangle", background="white", seed=3,
+                 views=[(4, "4 × 4"), (13, "2 × 2")]),
+    "http": dict(colour="blue", shape="square", background="black", seed=41,
+                 views=[(0, "8 × 8"), (9, "4 × 4")]),
+}  # fmt: skip
+# The page's maps against minsd.attention_maps': the issue's bound. Both are float32
+# softmax weights near 1/T = 0.06, computed in another order: ~1e-7 apart.
+MAP_TOLERANCE = 1e-4
+
+
+def attention_levels(attention) -> dict:
+    """{(h_l, w_l): the layers at that size}, finest first, less 1 x 1 (one position):
+    the levels the widget offers, as chapter 11 groups them."""
+    levels = {}
+    for name, maps in attention.maps.items():
+        levels.setdefault(tuple(maps.shape[-2:]), []).append(name)
+    return {size: names for size, names in levels.items() if size != (1, 1)}
+
+
+def minsds_maps(attention, size, step) -> np.ndarray:
+    """AttentionMaps.token_maps of one step at one level, at its own size: (T, h w)."""
+    names = attention_levels(attention)[size]
+    return attention.token_maps(names, [step], size).flatten(1).numpy()
+
+
+def show_view(page, root, step: int, level: str) -> dict:
+    """Drag the step slider and pick the level, as a reader would; what is drawn."""
+    set_range(root, "step i", step)
+    set_choice(root, "level", level)
+    page.wait_for_function(
+        "([root, i, level]) => root.querySelector('.minsd-caption').textContent"
+        ".startsWith(`step i = ${i} `) && root.minsdShown.level.join(' × ') === level",
+        arg=[root.element_handle(), step, level],
+    )
+    return root.evaluate("(root) => root.minsdShown")
+
+
+def test_attention_widget_records_minsds_maps(open_page, pipe):
+    """A prompt and a seed set on the page; Run: the image equals pipe.generate's, and
+    the maps of every step at every level (each token's, averaged over the level's
+    layers) equal minsd.attention_maps' for the same prompt, seed and steps, to 1e-4;
+    so do the panels the step slider and the level menu then show."""
+    from minsd.attention_maps import cross_attention_maps
+
+    page, root = open_page("attention")
+    run = ATTENTION_RUNS[open_page.kind]
+    prompt = f"a {run['colour']} {run['shape']} on a {run['background']} background"
+    set_prompt(root, run["colour"], run["shape"], run["background"])
+    set_range(root, "seed", run["seed"])
+    root.locator("button", has_text="Run").click()
+    got = wait_for_run(page, root, dict(prompt=prompt, seed=run["seed"]))
+    defaults = {k: v for k, v in live.ATTENTION_DEFAULTS.items() if k != "prompt"}
+    defaults["seed"] = run["seed"]
+    attention = cross_attention_maps(pipe, prompt, **defaults, progress=False)
+    difference = max_pixel_difference(
+        canvas_pixels(root.locator("canvas.minsd-result")),
+        attention.generation.pixels[0],
+    )
+    assert difference <= PIXEL_TOLERANCE
+    levels = root.evaluate(
+        "(root) => root.minsdResult.levels.map((l) => ({size: l.size, layers: l.layers,"
+        " maps: Array.from(l.maps)}))"
+    )
+    expected = attention_levels(attention)
+    assert [tuple(level["size"]) for level in levels] == list(expected)
+    steps = live.ATTENTION_DEFAULTS["steps"]
+    for level in levels:
+        size = tuple(level["size"])
+        assert level["layers"] == expected[size]
+        maps = np.array(level["maps"]).reshape(steps, -1, size[0] * size[1])
+        minsd_maps = np.stack([minsds_maps(attention, size, i) for i in range(steps)])
+        error = np.abs(maps - minsd_maps).max()
+        print(
+            f"{open_page.kind}: {prompt}, seed {run['seed']}: level {size}, "
+            f"{len(level['layers'])} layers, {steps} steps: max |page - minsd| "
+            f"{error:.1e} (maps near {minsd_maps.mean():.3f}); image {difference:.2f}/255"
+            f" ({got['ms']:.0f} ms in the page)"
+        )
+        assert error < MAP_TOLERANCE
+    for step, level in run["views"]:
+        shown = show_view(page, root, step, level)
+        size = tuple(shown["level"])
+        error = np.abs(np.array(shown["maps"]).reshape(-1, size[0] * size[1])
+                       - minsds_maps(attention, size, step)).max()  # fmt: skip
+        print(
+            f"  step {step}, {level}: the panels' maps, max |page - minsd| {error:.1e}"
+        )
+        assert error < MAP_TOLERANCE
+        tokens = pipe.tokenizer.tokenize(prompt)
+        assert shown["labels"] == ["start", *[t.removesuffix("</w>") for t in tokens],
+                                   "end", "pad (mean)"]  # fmt: skip
+    screenshot(root, f"attention_{open_page.kind}")
+
+
+def test_attention_widget_opens_on_minsds_maps(open_page, pipe):
+    """Before any Run (and before the model loads) the widget shows minsd's maps of
+    chapter 11's prompt at its opening step and level, the image and D(x_i; sigma_i);
+    every step and level is there without the model; run in the page, the same
+    controls draw the same maps."""
+    from minsd.attention_maps import cross_attention_maps
+
+    page, root = open_page("attention")
+    assert root.get_attribute("data-state") == "idle"
+    attention = cross_attention_maps(
+        pipe, **live.ATTENTION_DEFAULTS, return_steps=True, progress=False
+    )
+    i = live.ATTENTION_STEP_SHOWN
+    shown = root.evaluate("(root) => root.minsdShown")
+    assert (
+        shown["step"] == i
+        and tuple(shown["level"]) == next(iter(attention.maps.values())).shape[-2:]
+    )
+    on_load = np.array(shown["maps"])
+    assert np.abs(on_load - minsds_maps(attention, (8, 8), i).flatten()).max() < 1e-6
+    image = canvas_image(root, "canvas.minsd-result")
+    assert max_pixel_difference(image, attention.generation.pixels[0]) <= 0.5 + 1e-3
+    denoised = pipe.decode(attention.generation.steps[i]["denoised"])[0]
+    assert (
+        max_pixel_difference(canvas_image(root, "canvas.minsd-pixels", 1), denoised)
+        <= 0.5 + 1e-3
+    )
+    shown = show_view(page, root, 3, "2 × 2")
+    assert (
+        np.abs(
+            np.array(shown["maps"]) - minsds_maps(attention, (2, 2), 3).flatten()
+        ).max()
+        < 1e-6
+    )
+    loaded = page.evaluate(
+        "() => performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert not [name for name in loaded if "onnx" in name or "wasm" in name]
+    assert root.get_attribute("data-state") == "idle"
+
+    show_view(page, root, i, "8 × 8")
+    root.locator("button", has_text="Run").click()
+    wait_for_run(page, root, {"prompt": live.ATTENTION_DEFAULTS["prompt"]})
+    assert root.evaluate("(root) => root.minsdResult.prerendered") is None
+    computed = np.array(root.evaluate("(root) => root.minsdShown.maps"))
+    error = np.abs(computed - on_load).max()
+    print(f"{open_page.kind}: attention run in the page: max {error:.1e} from on load")
+    assert error < MAP_TOLERANCE
+
+
+def panel_r(shown: dict) -> np.ndarray:
+    """Pearson's r between the shown panels' maps (the tokens to the end token, then
+    the padding's mean), over the positions: (panels, panels)."""
+    size = shown["level"][0] * shown["level"][1]
+    maps = np.array(shown["maps"]).reshape(-1, size)
+    end = len(shown["labels"]) - 2
+    panels = np.concatenate([maps[: end + 1], maps[end + 1 :].mean(0, keepdims=True)])
+    return np.corrcoef(panels)
+
+
+def test_attention_try_lines_hold(open_page):
+    """The attention widget's two lines, as it draws them: at step 0, D shows no shape
+    and the maps already have a pattern as strong as at the last step; at the last step, the first four positions'
+    maps look alike and the end token's and the padding's are their negative."""
+    page, root = open_page("attention")
+    last = root.evaluate("(root) => root.minsdShown.limit")
+    text = try_line(page, root, "step i = 0")
+    assert "no shape yet" in text and "as strong as at the last step" in text
+    shown = root.evaluate("(root) => root.minsdShown")
+    assert (
+        shown["step"] == 0 and root.locator(".minsd-highlight.minsd-maps").count() == 1
+    )
+    estimate = canvas_image(root, "canvas.minsd-pixels", 1)
+    print(f"{open_page.kind}: step 0: D reads {shape_and_colour(estimate)}, maps "
+          f"within ±{shown['limit']:.1f} % (the last step's ±{last:.1f} %)")  # fmt: skip
+    assert shape_and_colour(estimate)[1] is None and shown["limit"] >= last
+
+    text = try_line(page, root, "by place")
+    assert "(start, a, red, circle) look alike" in text and "their negative" in text
+    shown = root.evaluate("(root) => root.minsdShown")
+    r = panel_r(shown)
+    end = len(shown["labels"]) - 2
+    print(f"{open_page.kind}: last step: r among the first four {r[:4, :4].min():.2f}"
+          f" at least; with the end token and the padding {r[:4, end:].max():.2f} at"
+          " most")  # fmt: skip
+    assert shown["step"] == live.ATTENTION_DEFAULTS["steps"] - 1
+    assert r[:4, :4].min() > 0.3 and r[:4, end:].max() < -0.3
+    screenshot(root, f"attention_try_{open_page.kind}")

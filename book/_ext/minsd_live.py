@@ -46,6 +46,7 @@ SCRIPTS = (
     "img2img.js",
     "toy_widget.js",
     "compare.js",
+    "attention.js",
     "widgets.js",  # mounts every widget of the page
 )
 STAMP = "export.json"  # what the export was made from, and its parity numbers

@@ -81,8 +81,8 @@
   }
 
   // One ONNX session as an async function of Float32Arrays, with the shapes the file
-  // was exported with. WebAssembly runs on the page's thread: each call first lets
-  // the page draw.
+  // was exported with: it returns the named output, or with output null all of them
+  // by name. WebAssembly runs on the page's thread: each call first lets the page draw.
   function network(ort, session, shapes, output) {
     return async (...inputs) => {
       await next_task();
@@ -90,14 +90,17 @@
       session.inputNames.forEach((name, k) => {
         feeds[name] = new ort.Tensor("float32", inputs[k], shapes[name]);
       });
-      const results = await session.run(feeds);
-      return results[output].data;
+      const results = await session.run(feeds, output === null ? undefined : [output]);
+      if (output !== null) return results[output].data;
+      return Object.fromEntries(Object.entries(results).map(([k, v]) => [k, v.data]));
     };
   }
 
   let loading = null;
 
-  // The model, loaded on the first call: {data, denoiser, unet, decode, encode}.
+  // The model, loaded on the first call: {data, denoiser, unet, unet_maps, decode,
+  // encode}; unet_maps returns {eps, and per attn2 layer its maps} (minsd/live.py's
+  // UNetWithMaps), unet eps alone.
   // on_progress(fraction, what) reports each file; a failed load can be tried again.
   function load(on_progress = () => {}) {
     loading ??= load_once(on_progress).catch((error) => {
@@ -137,9 +140,11 @@
     const [C, h, w] = data.latent_shape;
     const [T, D] = data.text_shape;
     const H = data.image_size;
+    const unet_shapes = { x: [2, C, h, w], t: [2], context: [2, T, D] };
     const model = {
       data,
-      unet: network(ort, unet, { x: [2, C, h, w], t: [2], context: [2, T, D] }, "eps"),
+      unet: network(ort, unet, unet_shapes, "eps"),
+      unet_maps: network(ort, unet, unet_shapes, null),
       decode: network(ort, decoder, { latents: [1, C, h, w] }, "pixels"),
       encode: network(ort, encoder, { pixels: [1, 3, H, H] }, "latents"),
     };

@@ -5,6 +5,7 @@
 //   toy      chapter 2: sampler paths on the 2-D mixture (toy_widget.js)
 //   loop     chapter 7: the whole sampling loop with the default model (loop.js)
 //   img2img  chapter 10: image to image from a drawing (img2img.js)
+//   attention  chapter 11: the cross-attention maps of the reader's prompt (attention.js)
 //
 // A chapter's block may hold a fallback for readers of the notebook in JupyterLab,
 // <p class="minsd-live-fallback">...</p>; the widget takes its place. Each widget
