@@ -1057,12 +1057,11 @@ def test_toy_try_lines_hold(open_page):
         assert 10 < heun[2] < 30 and heun[20] < 0.5 * euler[20]
 
 
+@pytest.mark.parametrize("open_page", ["file"], indirect=True)  # http: the same scripts
 def test_the_page_schedules_equal_get_sigmas(open_page, pipe):
     """scheduler.js's get_sigmas, on the table the page builds from the betas, equals
     minsd's for every spacing and N = 1..100, and refuses what minsd refuses."""
     page, root = open_page("loop")
-    if open_page.kind == "http":
-        pytest.skip("the same scripts as from file://")
     table = page.evaluate("() => minsd.ui.sigma_table()")
     np.testing.assert_allclose(table, pipe.denoiser.sigma_table.numpy(), rtol=1e-12)
     got = page.evaluate(
