@@ -1,7 +1,8 @@
 """The default model in the reader's browser: ms per UNet call in headless Chromium (ONNX
 Runtime Web, one WebAssembly thread) beside torch's (one thread) on the same model, the
-time of a guided 20-step Euler image in the page, a run of chapter 11's attention widget,
-how soon the widgets show their first pictures, and the page weight the live widgets add.
+time of a guided 20-step Euler image in the page, a run of chapter 11's attention widget
+and of chapter 9's comparison, how soon the widgets show their first pictures, and the
+page weight the live widgets add.
 
     python benchmarks/browser.py [--quick] [--busy K] [--live DIR]
 
@@ -10,11 +11,12 @@ as the one a book build keeps in _build/.minsd_live/KEY/), opens a bare page wit
 widgets, their scripts and settings as the build writes them (book/_ext/minsd_live.py),
 from file:// in /usr/bin/chromium, and times there: the first pictures (drawn on load,
 before any model), the first load (runtime and model), UNet calls at batch 2 (uncond +
-cond; with and without the attention maps as outputs), whole images (20 Euler steps
-with guidance 7.5, then the VAE decoder) and attention runs (the same, recording the
-maps, then drawn), each the median of several runs after a warm-up. --busy K keeps K
-processes spinning beside the browser, as on a busy machine. The target is at most
-1 s per image on a busy 2-core machine.
+cond; with and without the attention maps as outputs), whole images (20 Euler steps with
+guidance 7.5, then the VAE decoder), attention runs (the same, recording the maps, then
+drawn) and comparisons of chapter 9's widget (two columns of 20 steps, and with a new
+100-step reference), each the median of several runs after a warm-up. --busy K keeps K
+processes spinning beside the browser, as on a busy machine. The target is at most 1 s
+per image on a busy 2-core machine.
 """
 
 import argparse
@@ -42,7 +44,7 @@ import minsd_live  # noqa: E402  (the book's extension: its scripts and settings
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PROMPT = "a blue circle on a white background"
-WIDGETS = ("toy", "loop", "img2img", "attention")
+WIDGETS = ("toy", "loop", "img2img", "compare", "attention")
 
 # When every widget of the page had drawn its first picture, in ms from navigation.
 FIRST_PICTURES = """async () => {
@@ -80,6 +82,24 @@ MEASURE = """async ([unet_calls, images]) => {
   return {load_ms, unet_ms: median(calls), image_ms: median(image_ms),
           image_min_ms: Math.min(...image_ms), image_max_ms: Math.max(...image_ms)};
 }""".replace("%PROMPT%", PROMPT)
+
+# Chapter 9's compare widget, through its API: a new g (both columns, then the
+# 100-step reference), then new N (both columns, the reference kept), medians.
+COMPARE = """async (runs) => {
+  const median = (v) => v.slice().sort((a, b) => a - b)[Math.floor(v.length / 2)];
+  const widget = document.querySelector('.minsd-live[data-widget="compare"]').minsdWidget;
+  const with_reference = [];
+  const columns = [];
+  for (let k = 0; k < runs + 1; k++) {
+    let s = performance.now();
+    await widget.set({guidance_a: 5 + k / 2, guidance_b: 5 + k / 2}).run();
+    if (k >= 1) with_reference.push(performance.now() - s);
+    s = performance.now();
+    await widget.set({steps_a: 20 + (k % 2), steps_b: 20 + (k % 2)}).run();
+    if (k >= 1) columns.push(performance.now() - s);
+  }
+  return {compare_reference_ms: median(with_reference), compare_ms: median(columns)};
+}"""
 
 # Chapter 11's widget: its first picture alone (a second one built on the page: minsd's
 # maps decoded and drawn), then, the model loaded, a UNet call with every attention map
@@ -190,6 +210,7 @@ def in_browser(page: Path, unet_calls: int, images: int) -> dict:
         tab.goto(page.as_uri())
         first_pictures_ms = tab.evaluate(FIRST_PICTURES)
         result = tab.evaluate(MEASURE, [unet_calls, images])
+        result.update(tab.evaluate(COMPARE, max(images // 3, 1)))
         result |= tab.evaluate(ATTENTION, [unet_calls, images])
         result["first_pictures_ms"] = first_pictures_ms
         version = browser.version
@@ -264,6 +285,14 @@ def main():
         f"| ms per image (20 Euler steps, g = 7.5, decode) | {browser['image_ms']:.0f} "
         f"(min {browser['image_min_ms']:.0f}, max {browser['image_max_ms']:.0f}) | "
         f"{python['image_ms']:.0f} |"
+    )
+    print(
+        "| ms per comparison, two columns of 20 steps (Euler, DPM++ 2M: 40 NFE) | "
+        f"{browser['compare_ms']:.0f} | |"
+    )
+    print(
+        "| ms per comparison with a new g (the columns, then a 100-step reference) | "
+        f"{browser['compare_reference_ms']:.0f} | |"
     )
     print(f"| first load (runtime + model), ms | {browser['load_ms']:.0f} | |")
     print(

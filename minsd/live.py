@@ -47,6 +47,7 @@ from .attention_maps import (
     cross_attention_maps,
     recording_cross_attention,
 )
+from .book import rms
 from .choices import SAMPLERS, SPACINGS
 from .dataset import BACKGROUNDS, COLOURS, SHAPES, all_captions
 from .denoiser import vp_coefficients
@@ -84,15 +85,28 @@ LOOP_DEFAULTS = dict(
 )
 LOOP_STEP_SHOWN = 10
 # Image to image: chapter 10's red circle and prompt, with its advice for an edit
-# that keeps the drawing: guidance 1 and a small sigma_k (strength 0.04 of 50 steps
-# starts at sigma_k = 0.14; the circle turns blue from 0.08 on).
+# that keeps the drawing: guidance 1 and 50 steps at strength 0.05 (the last 2 steps,
+# from sigma_k = 0.14; the circle turns blue from 0.08 on).
 IMG2IMG_DEFAULTS = dict(
     prompt="a blue square on a black background",
     seed=0,
     steps=50,
     guidance=1.0,
-    strength=0.04,
+    strength=0.05,
 )
+# The compare widget of chapter 9: two columns on one prompt and seed, minsd's default
+# sampler beside the chapter's advice, each measured by its latent distance to a
+# reference the page can afford (100 DPM++ 2M steps on the Karras schedule in float32,
+# not the chapter's 512 in float64) for the same prompt, seed and guidance.
+COMPARE_DEFAULTS = dict(
+    prompt="a yellow triangle on a white background",
+    seed=0,
+    columns=[
+        dict(sampler="euler", spacing="linspace", steps=20, guidance=7.5),
+        dict(sampler="dpmpp_2m", spacing="karras", steps=20, guidance=7.5),
+    ],
+)
+COMPARE_REFERENCE = dict(sampler="dpmpp_2m", spacing="karras", steps=100)
 # The toy of chapter 2: the seeds of minsd.toy.starting_points the page offers, and the
 # reference its mean error is measured against (Heun with this many steps).
 TOY_SEEDS = 20
@@ -320,6 +334,7 @@ def first_results(pipe: StableDiffusion) -> dict:
     img2img: the drawing (chapter 10's red circle) and generate's result from it.
     toy: the starting points of chapter 2 for seeds 0 .. TOY_SEEDS - 1 (torch's
     generator, which the page cannot reproduce), float64.
+    compare: see compare_first_result.
     attention: see attention_first_result.
     """
     table = pipe.denoiser.sigma_table
@@ -337,6 +352,7 @@ def first_results(pipe: StableDiffusion) -> dict:
     edit = pipe.generate(init_image=drawing[None], **IMG2IMG_DEFAULTS, progress=False)
     points = torch.stack([toy.starting_points(seed) for seed in range(TOY_SEEDS)])
     return {
+        "compare": compare_first_result(pipe),
         "loop": {
             "defaults": LOOP_DEFAULTS,
             "step": LOOP_STEP_SHOWN,
@@ -395,6 +411,55 @@ def attention_first_result(pipe: StableDiffusion) -> dict:
         ],
         "pixels": uint8_base64(attention.generation.pixels[0]),  # (3, H, W)
         "decoded": uint8_base64(denoised),  # (N, 3, H, W)
+    }
+
+
+def compare_run(
+    pipe: StableDiffusion, prompt: str, seed: int, **column
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One column of the compare widget: generate's latents (1, C, h, w) and pixels
+    (1, 3, H, W) for column's sampler, spacing, steps and guidance, and the number of
+    denoiser evaluations (NFE) it spent, counted as the UNet's calls (one per
+    D(x; sigma), guided or not)."""
+    calls = []
+
+    def count(module, inputs):
+        calls.append(1)
+
+    hook = pipe.unet.register_forward_pre_hook(count)
+    try:
+        result = pipe.generate(prompt, seed=seed, progress=False, **column)
+    finally:
+        hook.remove()
+    return result.latents, result.pixels, len(calls)
+
+
+def compare_first_result(pipe: StableDiffusion) -> dict:
+    """The compare widget's opening: each column's image, NFE and latent distance
+    (chapter 9's: the RMS of the difference of the final latents) to the reference,
+    COMPARE_REFERENCE at the columns' guidance, whose latents the page keeps."""
+    prompt, seed = COMPARE_DEFAULTS["prompt"], COMPARE_DEFAULTS["seed"]
+    guidance = {column["guidance"] for column in COMPARE_DEFAULTS["columns"]}
+    assert len(guidance) == 1, "the opening columns share one reference"
+    reference = dict(COMPARE_REFERENCE, guidance=guidance.pop())
+    reference_latents, reference_pixels, _ = compare_run(
+        pipe, prompt, seed, **reference
+    )
+    columns = []
+    for column in COMPARE_DEFAULTS["columns"]:
+        latents, pixels, nfe = compare_run(pipe, prompt, seed, **column)
+        distance = rms(latents - reference_latents).item()
+        columns.append(
+            {"pixels": uint8_base64(pixels[0]), "nfe": nfe, "distance": distance}
+        )
+    return {
+        "defaults": COMPARE_DEFAULTS,
+        "reference": {
+            **reference,
+            "latents": float32_base64(reference_latents[0]),  # (C, h, w)
+            "pixels": uint8_base64(reference_pixels[0]),  # (3, H, W)
+        },
+        "columns": columns,
     }
 
 

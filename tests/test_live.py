@@ -12,13 +12,17 @@ Run button), reads the result from the page, and compares it with the package:
   `pipe.generate(..., init_image=..., strength=...)`;
 - the toy: the page's sampler paths and mean error against minsd's samplers on
   minsd.toy, from chapter 2's starting points;
+- the comparison of chapter 9: each column's image against `generate`'s, its NFE
+  against minsd's count and its latent distance against minsd's to the same 100-step
+  reference, also with "equal cost" on;
 - chapter 11's attention maps: every step's and level's maps of a prompt recorded in
   the page against `minsd.attention_maps` (same prompt, seed and steps) to 1e-4;
-- each widget opens on minsd's result for its opening controls, before any Run, and
-  the page computes the same picture when run; each "try this" line's claim holds for
-  what the widget draws; the schedules of the page equal `get_sigmas` for every
-  spacing and N = 1..100; a chapter's fallback paragraph gives way to the widget; on a
-  phone the widgets fit the column, with controls a finger can hit;
+- each widget opens on minsd's result for its opening controls, before any Run, and the
+  page computes the same picture when run; each "try this" line's claim, and each card's
+  of the guided tours (chapters 7 and 10), holds for what the widget draws; the
+  schedules of the page equal `get_sigmas` for every spacing and N = 1..100; a chapter's
+  fallback paragraph gives way to the widget; on a phone the widgets fit the column,
+  with controls a finger can hit;
 - a failed load (no WebAssembly, a missing file) shows one line in the widget and
   leaves the page's precomputed figures; nothing is fetched from outside the book.
 
@@ -43,7 +47,7 @@ from PIL import Image
 
 import minsd
 from minsd import live, toy
-from minsd.dataset import COLOURS, classify, nearest
+from minsd.dataset import COLOURS, classify, foreground_mask, nearest
 from minsd.loading import DEFAULT_MODEL, load_pipeline
 from minsd.preview import latents_to_rgb
 
@@ -458,6 +462,161 @@ def test_toy_widget_measures_as_chapter_2(open_page, sampler):
     screenshot(root, f"toy_{open_page.kind}_{sampler}")
 
 
+# -- Chapter 9's compare widget --------------------------------------------------------
+
+COMPARE_RUNS = {
+    "file": dict(colour="green", shape="square", background="black", seed=3, columns=[
+        dict(sampler="heun", spacing="karras", steps=7, guidance=5.0),
+        dict(sampler="dpmpp_2m", spacing="linspace", steps=12, guidance=5.0)]),
+    "http": dict(colour="red", shape="circle", background="white", seed=8, columns=[
+        dict(sampler="euler", spacing="trailing", steps=15, guidance=7.5),
+        dict(sampler="dpmpp_2m", spacing="karras", steps=9, guidance=3.0)]),
+}  # fmt: skip
+
+
+def settle(root) -> None:
+    """Wait until the widget has drawn what its controls say (its API's run)."""
+    root.evaluate("(root) => root.minsdWidget.run().then(() => null)")
+    assert root.get_attribute("data-state") != "error", root.locator(
+        ".minsd-status"
+    ).text_content()
+
+
+def compare_shown(root) -> list[dict]:
+    """Per column: its options, pixels (H, W, 3), NFE and latent distance as shown,
+    and the distance the page computed (before rounding for the text)."""
+    columns = []
+    for k in range(2):
+        column = root.locator(".minsd-column").nth(k)
+        nfe = column.locator(".minsd-nfe").text_content()
+        distance = column.locator(".minsd-distance").text_content()
+        computed = root.evaluate(
+            f"(r) => (({{options, distance}}) => ({{options, distance}}))"
+            f"(r.minsdResult.columns[{k}])"
+        )
+        columns.append({
+            "options": computed["options"],
+            "pixels": canvas_image(column, "canvas.minsd-result"),
+            "nfe": int(re.fullmatch(r"(\d+) UNet evaluations \(NFE\)", nfe)[1]),
+            "distance_text": re.fullmatch(r"latent distance ([0-9.]+)", distance)[1],
+            "distance": computed["distance"],
+        })  # fmt: skip
+    return columns
+
+
+@functools.cache
+def compare_reference(pipe, prompt: str, seed: int, guidance: float) -> tuple:
+    """minsd's reference for the compare widget: (latents, pixels)."""
+    reference = dict(live.COMPARE_REFERENCE, guidance=guidance)
+    return live.compare_run(pipe, prompt, seed, **reference)[:2]
+
+
+def check_against_minsd(kind: str, root, pipe, tolerance: float) -> None:
+    """Each column's image, NFE and latent distance against minsd's (compare_run and
+    the same reference computed with minsd); the reference pictures too."""
+    references = root.locator(".minsd-references canvas")
+    guidances = []
+    for k, shown in enumerate(compare_shown(root)):
+        o = shown["options"]
+        column = {key: o[key] for key in ("sampler", "spacing", "steps", "guidance")}
+        latents, pixels, nfe = live.compare_run(pipe, o["prompt"], o["seed"], **column)
+        reference, _ = compare_reference(pipe, o["prompt"], o["seed"], o["guidance"])
+        distance = minsd.book.rms(latents - reference).item()
+        difference = max_pixel_difference(shown["pixels"], pixels[0])
+        print(
+            f"{kind}: compare column {k}: {o}: {difference:.2f}/255 from minsd; NFE "
+            f"{shown['nfe']} (minsd {nfe}); latent distance page {shown['distance']:.6f},"
+            f" minsd {distance:.6f} (relative {shown['distance'] / distance - 1:.1e})"
+        )
+        assert difference <= tolerance and shown["nfe"] == nfe
+        assert shown["distance"] == pytest.approx(distance, rel=1e-3)
+        assert shown["distance_text"] == f"{distance:.3f}"
+        if o["guidance"] not in guidances:
+            guidances.append(o["guidance"])
+    assert references.count() == len(guidances)
+    for k, guidance in enumerate(guidances):
+        o = compare_shown(root)[0]["options"]
+        _, pixels = compare_reference(pipe, o["prompt"], o["seed"], guidance)
+        image = canvas_image(root, ".minsd-references canvas", k)
+        assert max_pixel_difference(image, pixels[0]) <= tolerance
+
+
+def test_compare_widget_measures_as_minsd(open_page, pipe):
+    """On load, minsd's two columns for the opening controls; then a prompt, a seed and
+    each column's sampler, spacing, N and g set on the page, and the equal cost switch:
+    each image equals compare_run's (generate's) to 2/255, each NFE minsd's count, each
+    latent distance minsd's (the same 100-step reference, in float32) to 1e-3."""
+    page, root = open_page("compare")
+    assert root.get_attribute("data-runs") == "0"
+    check_against_minsd(f"{open_page.kind} on load", root, pipe, 0.5 + 1e-3)
+    note = root.locator(".minsd-note").last.text_content()
+    assert "DPM++ 2M with 100 steps on the Karras schedule" in note
+    assert "RMS" in note and "512 steps" in note
+
+    run = COMPARE_RUNS[open_page.kind]
+    set_prompt(root, run["colour"], run["shape"], run["background"])
+    set_range(root, "seed", run["seed"])
+    for k, settings in enumerate(run["columns"]):
+        column = root.locator(".minsd-column").nth(k)
+        set_choice(column, "sampler", settings["sampler"])
+        set_choice(column, "spacing", settings["spacing"])
+        set_range(column, "steps N", settings["steps"])
+        set_range(column, "guidance g", settings["guidance"])
+    settle(root)
+    check_against_minsd(open_page.kind, root, pipe, PIXEL_TOLERANCE)
+    screenshot(root, f"compare_{open_page.kind}")
+
+    # Equal cost: Euler at an odd N beside Heun at (N + 1)/2 steps, B following A.
+    root.locator("button.minsd-toggle").click()
+    settle(root)
+    a, b = (shown["options"] for shown in compare_shown(root))
+    assert a["sampler"] == "euler" and a["steps"] % 2 == 1
+    assert b["sampler"] == "heun" and b["steps"] == (a["steps"] + 1) // 2
+    assert (b["spacing"], b["guidance"]) == (a["spacing"], a["guidance"])
+    assert root.locator(".minsd-column").nth(1).locator("select:disabled").count() == 2
+    check_against_minsd(f"{open_page.kind} equal cost", root, pipe, PIXEL_TOLERANCE)
+    nfe = [shown["nfe"] for shown in compare_shown(root)]
+    assert nfe[0] == nfe[1] == a["steps"]
+    screenshot(root, f"compare_equal_cost_{open_page.kind}")
+
+
+def test_compare_try_lines_hold(open_page):
+    """The compare widget's three lines, for what it computes on the opening prompt:
+    at 10 steps each Euler's latent distance is about 20 times DPM++ 2M's; at equal cost
+    (19 evaluations, Karras) Heun's about a quarter of Euler's; at g = 1 Euler's falls
+    from 0.23 to about 0.01."""
+    page, root = open_page("compare")
+
+    def distances():
+        shown = compare_shown(root)
+        return [c["distance"] for c in shown], [c["nfe"] for c in shown]
+
+    text = try_line(page, root, "N = 10 each")
+    (euler, dpm), nfe = distances()
+    print(f"{open_page.kind}: N = 10 each: {euler:.4f} / {dpm:.4f} = {euler / dpm:.1f}")
+    assert "about 20 times" in text and nfe == [10, 10] and 15 < euler / dpm < 25
+    assert root.locator(".minsd-highlight.minsd-distance").count() == 1
+
+    text = try_line(page, root, "Equal cost")
+    (euler, heun), nfe = distances()
+    options = [c["options"] for c in compare_shown(root)]
+    print(f"{open_page.kind}: equal cost: {options}: {euler:.4f} / {heun:.4f}")
+    assert [o["sampler"] for o in options] == ["euler", "heun"]
+    assert [o["steps"] for o in options] == [19, 10] and nfe == [19, 19]
+    assert "about four times" in text and 3.5 < euler / heun < 5
+
+    text = try_line(page, root, "g = 1")
+    (euler, _), _ = distances()
+    # the opening's, at g = 7.5: minsd's, drawn at build time
+    opening = page.evaluate("() => minsdLiveConfig.first.compare.columns[0].distance")
+    assert root.locator("button.minsd-toggle").get_attribute("aria-pressed") == "false"
+    print(
+        f"{open_page.kind}: g = 1: Euler's distance {euler:.4f}, at 7.5 {opening:.4f}"
+    )
+    assert "from 0.23 to about 0.01" in text
+    assert round(opening, 2) == 0.23 and round(euler, 2) == 0.01
+
+
 @pytest.mark.parametrize(
     "failure, init_script, missing, message",
     [
@@ -486,7 +645,7 @@ def test_a_failed_load_says_so_in_one_line(
     screenshot(root, f"failed_load_{open_page.kind}_{missing or 'wasm'}")
 
 
-@pytest.mark.parametrize("widget", ["loop", "img2img", "toy", "attention"])
+@pytest.mark.parametrize("widget", ["loop", "img2img", "toy", "compare", "attention"])
 def test_every_control_is_bounded(open_page, widget):
     """Widgets offer sliders with a minimum and a maximum, menus and buttons: no field
     takes a number or a text the model cannot use."""
@@ -640,73 +799,223 @@ def shape_and_colour(image: np.ndarray) -> tuple[str | None, str | None]:
     return found["colour"], found["shape"]
 
 
-def test_loop_try_lines_hold(open_page):
-    """The loop's three lines, as it draws them: N = 1 lands on D(x_0; sigma_0); the
-    guess is red from step 2 and a circle from step 8; 8 Euler steps draw the red
-    circle near the 20-step image, 4 a shapeless blur."""
+def tour_step(page, root, button: str, choice: str | None = None) -> dict:
+    """Press the tour's Back or Next, as a reader would; on a card that asks, first
+    check that nothing ran, then pick `choice`. Waits until the card is drawn; returns
+    {card, text, highlighted}."""
+    tour = root.locator(".minsd-tour")
+    before = int(tour.get_attribute("data-card"))
+    runs = root.get_attribute("data-runs")
+    tour.locator(".minsd-tour-buttons button", has_text=button).click()
+    card = before + (1 if button == "Next" else -1)
+    page.wait_for_function(
+        "([t, k]) => t.dataset.card === String(k) && t.dataset.state !== 'running'",
+        arg=[tour.element_handle(), card],
+        timeout=180_000,
+    )
+    if choice is not None:
+        assert tour.get_attribute("data-state") == "asking"
+        assert root.get_attribute("data-runs") == runs  # a guess first, then the run
+        tour.locator(".minsd-tour-choices button", has_text=choice).click()
+        page.wait_for_function(
+            "(t) => t.dataset.state === 'done'", arg=tour.element_handle(),
+            timeout=180_000,
+        )  # fmt: skip
+    assert root.get_attribute("data-state") != "error"
+    assert tour.get_attribute("data-state") == "done"
+    return {
+        "card": card,
+        "text": tour.locator(".minsd-tour-text").text_content(),
+        "highlighted": root.locator(".minsd-highlight"),
+    }
+
+
+def rms_255(image: np.ndarray, other) -> float:
+    """RMS difference of two (H, W, 3) images in 1/255; other may be minsd's pixels
+    (3, H, W) in [0, 1]."""
+    if isinstance(other, torch.Tensor):
+        other = other.permute(1, 2, 0).numpy() * 255
+    return float(np.sqrt(((image.astype(float) - other) ** 2).mean()))
+
+
+def wait_for_step(page, root, i: int) -> None:
+    page.wait_for_function(
+        f"(root) => root.querySelector('.minsd-caption').textContent"
+        f".startsWith('step i = {i} ')",
+        arg=root.element_handle(),
+    )
+
+
+def test_loop_tour_holds(open_page, pipe):
+    """The loop's guided tour, card by card (Next, and a guess where a card asks),
+    each claim measured on what the widget draws: the estimate at step 10 already the
+    red circle; N = 1 lands on D(x_0; sigma_0); red from step 2, a circle from step 8;
+    N = 4 a shapeless blur, N = 8 the circle; g = 1 a red first estimate and a smaller
+    circle; DPM++ 2M on Karras within 1/255 of its 50-step image, Euler about 9/255."""
     page, root = open_page("loop")
+    tour = root.locator(".minsd-tour")
+    # 1. On load, before any run: the opening, step 10 of 20.
+    assert (
+        tour.get_attribute("data-card") == "0"
+        and root.get_attribute("data-runs") == "0"
+    )
+    text = tour.locator(".minsd-tour-text").text_content()
+    assert "Step i = 10 of 20, σ_i ≈ 1.5" in text and "red circle" in text
+    assert root.locator(".minsd-highlight canvas").count() == 1
+    caption = root.locator(".minsd-caption").text_content()
+    assert caption == "step i = 10 of N = 20: σ_i = 1.481"
     default_image = canvas_image(root, "canvas.minsd-result")
+    denoised = canvas_image(root, "canvas.minsd-pixels", 1)
+    assert shape_and_colour(denoised) == ("red", "circle")
+    assert rms_255(denoised, default_image) < 20  # "already shows the red circle"
+    default_area = foreground_mask(default_image).sum()
 
-    text = try_line(page, root, "N = 1")
+    # 2. N = 1 asks first; the image is D(x_0; sigma_0), no shape.
+    card = tour_step(page, root, "Next", choice="noise")  # a wrong guess
+    assert card["text"].startswith("Not quite: the first estimate D(x₀; σ₀).")
     image = canvas_image(root, "canvas.minsd-result")
-    denoised_0 = canvas_image(root, "canvas.minsd-pixels", 1)  # at step 0
-    assert "D(x₀; σ₀)" in text and "no shape" in text
-    assert root.locator(".minsd-highlight canvas.minsd-result").count() == 1  # look
-    assert np.abs(image.astype(int) - denoised_0).max() <= 1
-    assert shape_and_colour(image)[1] is None
+    assert card["highlighted"].locator("canvas.minsd-result").count() == 1
+    assert (
+        np.abs(image.astype(int) - canvas_image(root, "canvas.minsd-pixels", 1)).max()
+        <= 1
+    )
+    assert shape_and_colour(image) == (None, None)
 
-    text = try_line(page, root, "step i = 2")
-    assert "red from step 2" in text and "circle only from step 8" in text
+    # 3. Colour first, then shape, over the 20 steps of the opening run.
+    card = tour_step(page, root, "Next")
+    assert (
+        "red from step 2" in card["text"] and "circle only from step 8" in card["text"]
+    )
+    assert card["highlighted"].locator("input[type=range]").count() == 1  # step i
     for i in range(live.LOOP_DEFAULTS["steps"]):
         set_range(root, "step i", i)
-        page.wait_for_function(
-            f"(root) => root.querySelector('.minsd-caption').textContent"
-            f".startsWith('step i = {i} ')",
-            arg=root.element_handle(),
-        )
+        wait_for_step(page, root, i)
         colour, shape = shape_and_colour(canvas_image(root, "canvas.minsd-pixels", 1))
         print(f"{open_page.kind}: D(x_{i}) looks {colour} {shape}")
         assert (colour == "red") == (i >= 2) and (shape == "circle") == (i >= 8)
 
-    text = try_line(page, root, "N = 8")
-    assert "Eight Euler steps" in text and "N = 4" in text
-    image = canvas_image(root, "canvas.minsd-result")
-    rms = np.sqrt(((image.astype(float) - default_image) ** 2).mean())
-    print(
-        f"{open_page.kind}: N = 8: {shape_and_colour(image)}, RMS {rms:.1f}/255 from N = 20"
+    # 4. N = 4 asks first: a dark blur with no shape.
+    card = tour_step(page, root, "Next", choice="no, no shape at all")
+    assert card["text"].startswith("Right. Four steps") and "no shape" in card["text"]
+    found = classify(canvas_image(root, "canvas.minsd-result"))
+    assert (found["colour"], found["shape"], found["background"]) == (
+        None,
+        None,
+        "black",
     )
-    assert shape_and_colour(image) == ("red", "circle") and 0 < rms < 30
-    set_range(root, "steps N", 4)
-    wait_for_run(page, root, {"steps": 4})
-    assert shape_and_colour(canvas_image(root, "canvas.minsd-result"))[1] is None
-    screenshot(root, f"loop_try_{open_page.kind}")
+
+    # 5. N = 8: the red circle, within 30/255 RMS of the 20-step image.
+    card = tour_step(page, root, "Next")
+    image = canvas_image(root, "canvas.minsd-result")
+    print(
+        f"{open_page.kind}: N = 8: RMS {rms_255(image, default_image):.1f}/255 from N = 20"
+    )
+    assert "30/255" in card["text"] and shape_and_colour(image) == ("red", "circle")
+    assert 0 < rms_255(image, default_image) < 30
+
+    # 6. g = 1: the first estimate is red (dark at g = 7.5); a smaller circle.
+    card = tour_step(page, root, "Next")
+    assert "g = 1" in card["text"] and "smaller" in card["text"]
+    wait_for_step(page, root, 0)
+    assert shape_and_colour(canvas_image(root, "canvas.minsd-pixels", 1))[0] == "red"
+    image = canvas_image(root, "canvas.minsd-result")
+    assert shape_and_colour(image) == ("red", "circle")
+    assert foreground_mask(image).sum() < default_area
+
+    # 7. DPM++ 2M on Karras asks first: within 1/255 of its 50 steps; Euler ~9/255.
+    card = tour_step(page, root, "Next", choice="DPM++ 2M's")
+    assert "within 1/255" in card["text"] and "about 9/255" in card["text"]
+    fine_settings = dict(live.LOOP_DEFAULTS, sampler="dpmpp_2m", spacing="karras")
+    fine_settings["steps"] = 50
+    fine = pipe.generate(**fine_settings, progress=False).pixels[0]
+    near = rms_255(canvas_image(root, "canvas.minsd-result"), fine)
+    far = rms_255(default_image, fine)
+    print(f"{open_page.kind}: 50 DPM++ 2M steps from DPM++ 2M's 20: {near:.2f}/255, "
+          f"from Euler's 20: {far:.2f}/255")  # fmt: skip
+    assert near < 1 and 7 < far < 11
+    assert tour.locator("button", has_text="Next").is_disabled()
+
+    # Back: the card before is drawn again.
+    tour_step(page, root, "Back")
+    assert root.evaluate("(r) => r.minsdResult.options.guidance") == 1
+    screenshot(root, f"loop_tour_{open_page.kind}")
 
 
-def test_img2img_try_lines_hold(open_page):
-    """Image to image's three lines, on chapter 10's circle: at the opening strength
-    0.04 it stays a red circle, at 0.08 it becomes a blue square, and with guidance 7.5
-    it turns blue already at 0.04."""
+def test_img2img_tour_holds(open_page, pipe):
+    """Image to image's guided tour on chapter 10's circle, each claim measured on what
+    the widget draws: strength 0.05 of 50 steps keeps a red circle in place; 0.1 turns
+    it blue in place; 0.5 starts at a tenth of sigma_0 with the square in place; 1
+    covers the circle less; 0.05 of 20 steps comes back as close as the VAE's round
+    trip; guidance 7.5 turns it blue at 0.05."""
     page, root = open_page("img2img")
-    circle = live.hand_drawn_circle(32).permute(1, 2, 0).numpy()  # (H, W, 3)
-    mask = np.abs(circle - np.array([205, 50, 45]) / 255).max(axis=2) < 1e-6
+    tour = root.locator(".minsd-tour")
+    drawing = live.hand_drawn_circle(pipe.default_size)  # (3, H, W)
+    circle = foreground_mask(drawing.permute(1, 2, 0).numpy() * 255)  # (H, W)
+    red_pixels = np.abs(
+        drawing.permute(1, 2, 0).numpy() - np.array([205, 50, 45]) / 255
+    )
+    inside = red_pixels.max(axis=2) < 1e-6  # the circle's own pixels
     palette = {name: COLOURS[name] for name in ("red", "blue")}
 
-    def circle_colour(image):
-        return nearest(image[mask].mean(axis=0), palette)
-
-    expected = {
-        "λ = 0.04": ("red", "circle"),
-        "λ = 0.08": ("blue", "square"),
-        "g = 7.5": ("blue", None),
-    }
-    for label, (colour, shape) in expected.items():
-        text = try_line(page, root, label)
+    def seen(k: int, text: str) -> dict:
         image = canvas_image(root, "canvas.minsd-result")
-        found = circle_colour(image), classify(image)["shape"]
-        print(f"{open_page.kind}: {label}: the circle's pixels are {found}: {text!r}")
-        assert found[0] == colour and (shape is None or found[1] == shape)
-        assert colour in text
-    screenshot(root, f"img2img_try_{open_page.kind}")
+        shape = foreground_mask(image)
+        caption = root.locator(".minsd-caption").text_content()
+        found = {
+            "colour": nearest(image[inside].mean(axis=0), palette),
+            "shape": classify(image)["shape"],
+            "overlap": (shape & circle).sum() / (shape | circle).sum(),
+            "sigma_k": float(re.search(r"σ_k = ([0-9.]+)", caption)[1]),
+            "ran": int(re.search(r"ran the last (\d+) ", caption)[1]),
+            "image": image,
+        }
+        print(f"{open_page.kind}: card {k}: {found | {'image': None}}: {text!r}")
+        return found
+
+    assert tour.get_attribute("data-card") == "0"
+    found = seen(0, tour.locator(".minsd-tour-text").text_content())
+    assert (found["colour"], found["shape"], found["ran"]) == ("red", "circle", 2)
+    assert (
+        found["sigma_k"] == pytest.approx(0.14, abs=0.005) and found["overlap"] > 0.85
+    )
+
+    card = tour_step(page, root, "Next", choice="it turns blue, in its place")
+    found = seen(1, card["text"])
+    assert card["text"].startswith("Right.") and "σ_k ≈ 0.3" in card["text"]
+    assert found["sigma_k"] == pytest.approx(0.3, abs=0.01) and found["ran"] == 5
+    assert found["colour"] == "blue" and found["overlap"] > 0.8
+
+    card = tour_step(page, root, "Next")
+    found = seen(2, card["text"])
+    sigma_0 = pipe.denoiser.sigma_table[-1].item()
+    assert "k = 25" in card["text"] and "σ_k ≈ 1.6" in card["text"]
+    assert found["ran"] == 25 and found["sigma_k"] == pytest.approx(1.6, abs=0.05)
+    assert 0.08 < found["sigma_k"] / sigma_0 < 0.12  # "about a tenth of sigma_0"
+    assert (found["colour"], found["shape"]) == ("blue", "square")
+    assert found["overlap"] > 0.7
+    half_overlap = found["overlap"]
+
+    card = tour_step(page, root, "Next", choice="yes")
+    found = seen(3, card["text"])
+    assert card["text"].startswith("Not quite: only partly.")
+    assert found["ran"] == 50 and found["sigma_k"] == pytest.approx(14.6, abs=0.05)
+    assert found["colour"] == "blue" and found["overlap"] < half_overlap
+
+    card = tour_step(page, root, "Next")
+    found = seen(4, card["text"])
+    assert found["ran"] == 1 and found["sigma_k"] == pytest.approx(0.03, abs=0.005)
+    round_trip = pipe.decode(pipe.encode(drawing[None]))[0]
+    vae_error = rms_255(drawing.permute(1, 2, 0).numpy() * 255, round_trip)
+    error = rms_255(found["image"], drawing)
+    print(f"{open_page.kind}: from the drawing: {error:.2f}/255, the VAE alone "
+          f"{vae_error:.2f}/255")  # fmt: skip
+    assert vae_error < error < 1.1 * vae_error  # "hardly more"
+
+    card = tour_step(page, root, "Next", choice="blue")
+    found = seen(5, card["text"])
+    assert found["ran"] == 2 and found["colour"] == "blue"
+    assert card["highlighted"].locator("canvas.minsd-result").count() == 1
+    screenshot(root, f"img2img_tour_{open_page.kind}")
 
 
 def test_toy_try_lines_hold(open_page):
@@ -748,12 +1057,11 @@ def test_toy_try_lines_hold(open_page):
         assert 10 < heun[2] < 30 and heun[20] < 0.5 * euler[20]
 
 
+@pytest.mark.parametrize("open_page", ["file"], indirect=True)  # http: the same scripts
 def test_the_page_schedules_equal_get_sigmas(open_page, pipe):
     """scheduler.js's get_sigmas, on the table the page builds from the betas, equals
     minsd's for every spacing and N = 1..100, and refuses what minsd refuses."""
     page, root = open_page("loop")
-    if open_page.kind == "http":
-        pytest.skip("the same scripts as from file://")
     table = page.evaluate("() => minsd.ui.sigma_table()")
     np.testing.assert_allclose(table, pipe.denoiser.sigma_table.numpy(), rtol=1e-12)
     got = page.evaluate(
@@ -805,7 +1113,7 @@ FALLBACK = (
 )
 
 
-@pytest.mark.parametrize("widget", ["toy", "loop", "img2img", "attention"])
+@pytest.mark.parametrize("widget", ["toy", "loop", "img2img", "compare", "attention"])
 def test_a_fallback_paragraph_gives_way_to_the_widget(book, server, browser, widget):
     """A chapter's block may hold a sentence for JupyterLab's readers (or be empty, as
     before); in the book the widget takes its place."""
@@ -837,7 +1145,7 @@ def test_widgets_fit_the_column_and_open_drawn(book, browser, size):
     first result on load, is no wider than the text column, has controls at least
     book_checks.MIN_CONTROL_PX tall, and nothing covers it (book_checks' measures)."""
     width, height = size
-    for widget in ("toy", "loop", "img2img", "attention"):
+    for widget in ("toy", "loop", "img2img", "compare", "attention"):
         page = browser.new_page(viewport={"width": width, "height": height})
         page.goto((book / page_with(book, widget)).as_uri(), wait_until="load")
         root = page.locator(f'.minsd-live[data-widget="{widget}"]')

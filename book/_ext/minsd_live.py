@@ -41,9 +41,11 @@ SCRIPTS = (
     "pipeline.js",  # generate
     "runtime.js",  # ONNX Runtime Web and the model, on demand
     "ui.js",  # the widgets' parts
+    "tour.js",  # guided tours through a widget
     "loop.js",  # one file per widget
     "img2img.js",
     "toy_widget.js",
+    "compare.js",
     "attention.js",
     "widgets.js",  # mounts every widget of the page
 )

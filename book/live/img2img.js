@@ -2,7 +2,8 @@
 // The reader draws on a small canvas (it opens on the chapter's red circle), picks a
 // prompt, the strength lambda, N, g and the seed; generate encodes the drawing,
 // starts at step k = N - floor(N lambda) from its latents plus noise, eq. (10.3), and
-// runs the last floor(N lambda) Euler steps.
+// runs the last floor(N lambda) Euler steps. A guided tour (tour.js) walks through
+// chapter 10's ideas on the chapter's circle.
 //
 // It opens on minsd's result for its opening controls (minsd/live.py,
 // IMG2IMG_DEFAULTS: the chapter's advice for an edit that keeps the drawing, guidance
@@ -15,32 +16,71 @@
   const { config, h, range, pixel_canvas, draw_rgb, read_rgb, rgb_frames, figure } = minsd.ui;
   const { get_sigmas } = minsd.scheduler;
 
-  // What to try and what to notice, on the chapter's circle. Each claim is checked by
-  // tests/test_live.py against what the widget draws.
-  const tries = (defaults) => [
+  // The guided tour (tour.js), on the chapter's circle: strength picks sigma_k, low
+  // strength keeps the drawing, guidance moves the switch. Each card's claim is
+  // checked by tests/test_live.py against what the widget draws.
+  const tour_cards = (defaults) => [
     {
-      label: "λ = 0.04",
+      title: "a little noise keeps the drawing",
       set: { ...defaults, drawing: "circle" },
       look: "image",
       text:
-        "The opening edit: 2 of 50 steps from σ_k ≈ 0.14. Too little noise for the " +
-        "prompt to win: the circle stays a red circle.",
+        "Strength 0.05 of 50 steps runs the last 2, from σ_k ≈ 0.14 (the caption). Too " +
+        "little noise for the prompt to win: the circle stays a red circle, in its place.",
     },
     {
-      label: "λ = 0.08",
-      set: { ...defaults, drawing: "circle", strength: 0.08 },
+      title: "twice the strength",
+      set: { ...defaults, drawing: "circle", strength: 0.1 },
+      look: "image",
+      ask: "Strength 0.1: 5 steps from σ_k ≈ 0.3. What becomes of the red circle?",
+      choices: ["it stays red", "it turns blue, in its place", "a blue square elsewhere"],
+      answer: 1,
+      text:
+        "Noise of σ_k ≈ 0.3 hides the circle's colour, not its layout: it turns blue " +
+        "where it was drawn.",
+    },
+    {
+      title: "strength picks σ_k",
+      set: { ...defaults, drawing: "circle", strength: 0.5 },
+      look: "strength",
+      text:
+        "Half the steps (k = 25) start at σ_k ≈ 1.6, about a tenth of σ₀ = 14.6: the " +
+        "schedule crowds its steps at small σ. The blue square still sits where the " +
+        "circle was drawn.",
+    },
+    {
+      title: "from pure noise",
+      set: { ...defaults, drawing: "circle", strength: 1 },
+      look: "image",
+      ask:
+        "Strength 1 starts at σ₀ ≈ 14.6, where the drawing's latents are a small part " +
+        "of the start. Will the square still sit where the circle was?",
+      choices: ["yes", "only partly"],
+      answer: 1,
+      text:
+        "The model draws a blue square of its own, which covers the drawn circle less " +
+        "than at strength 0.5.",
+    },
+    {
+      title: "σ_k, not strength",
+      set: { ...defaults, drawing: "circle", steps: 20 },
       look: "image",
       text:
-        "4 steps from σ_k ≈ 0.25: now the prompt wins, and the circle becomes a blue " +
-        "square.",
+        "The same strength 0.05 with N = 20 runs one step, from σ_k ≈ 0.03: the result " +
+        "differs from the drawing hardly more than the VAE's own encode and decode. " +
+        "σ_k, not the strength, says how much survives.",
     },
     {
-      label: "g = 7.5",
+      title: "guidance moves the switch",
       set: { ...defaults, drawing: "circle", guidance: 7.5 },
       look: "image",
+      ask: "Back to 2 of 50 steps from σ_k ≈ 0.14, now with guidance 7.5. Red or blue?",
+      choices: ["red", "blue"],
+      answer: 1,
       text:
-        "Back at λ = 0.04 with guidance 7.5: the circle turns blue already. Guidance " +
-        "moves the switch to a smaller σ_k; to edit rather than redraw, keep g low.",
+        "Guidance pushes each step harder towards the prompt, so a smaller σ_k is " +
+        "enough to lose the red: the circle turns blue. To edit rather than redraw, " +
+        "keep g low.",
     },
   ];
 
@@ -74,9 +114,9 @@
     const prompt = minsd.ui.prompt_controls();
     prompt.set(defaults.prompt);
     const strength = range("strength λ", {
-      min: 0.02,
+      min: 0.01,
       max: 1,
-      step: 0.02,
+      step: 0.01,
       value: defaults.strength,
       show: (v) => v.toFixed(2),
     });
@@ -199,6 +239,7 @@
     const widget = minsd.ui.widget_api(root, controls, parts, run);
     root.append(
       minsd.ui.model_note(),
+      minsd.tour(widget, tour_cards(defaults)),
       h(
         "div",
         { class: "minsd-panels" },
@@ -217,7 +258,6 @@
       h("div", { class: "minsd-controls" }, guidance.root, seed.root),
       runner.bar,
       caption,
-      minsd.ui.try_this(widget, tries(defaults)),
     );
 
     // The opening: the chapter's circle and minsd's edit of it.

@@ -2,7 +2,8 @@
 // minsd.StableDiffusion.generate with the default model. Prompt, seed, steps N,
 // guidance g, sampler and spacing pick the run; a slider over step i shows what the
 // UNet reads there (c_in x_i, a preview of the latents), the denoiser's guess
-// D(x_i; sigma_i) decoded, the image x_N and the schedule.
+// D(x_i; sigma_i) decoded, the image x_N and the schedule. A guided tour (tour.js)
+// walks through chapter 7's ideas on it.
 //
 // It opens on minsd's own run for its opening controls (minsd/live.py, LOOP_DEFAULTS),
 // every step of it, drawn when the book was built; the model loads when the reader
@@ -16,33 +17,80 @@
   const { get_sigmas } = minsd.scheduler;
   const { vp_coefficients } = minsd.denoiser;
 
-  // What to try and what to notice. Each claim is checked by tests/test_live.py
-  // against what the widget draws.
-  const tries = (defaults) => [
+  // The guided tour (tour.js): the state and the estimate, one step, colour before
+  // shape, few steps and many, guidance, the sampler. Each card's claim is checked by
+  // tests/test_live.py against what the widget draws.
+  const tour_cards = (defaults, step) => [
     {
-      label: "N = 1",
-      set: { ...defaults, steps: 1, step: 0 },
-      look: "image",
-      text:
-        "One Euler step lands exactly on D(x₀; σ₀), the denoiser's first guess from " +
-        "pure noise: the image is the D panel of step 0, a dark blur with no shape yet.",
-    },
-    {
-      label: "step i = 2",
-      set: { ...defaults, step: 2 },
+      title: "the state and the estimate",
+      set: { ...defaults, step },
       look: "denoised",
       text:
-        "Then drag step i: the guess D(x_i; σ_i) is red from step 2 (σ ≈ 8) on, but a " +
-        "circle only from step 8 (σ ≈ 2): colour is settled at high noise, shape in the " +
-        "middle, and the last steps only sharpen it.",
+        "Step i = 10 of 20, σ_i ≈ 1.5: the state x_i (left) still carries noise of " +
+        "size σ_i, yet the estimate D(x_i; σ_i) (middle) already shows the red circle " +
+        "of the image (right). The last ten steps only sharpen it.",
     },
     {
-      label: "N = 8",
+      title: "one step",
+      set: { ...defaults, steps: 1, step: 0 },
+      look: "image",
+      ask: "N = 1: one Euler step, from σ₀ ≈ 14.6 straight to 0. What will the image be?",
+      choices: ["noise", "a blurred red circle", "the first estimate D(x₀; σ₀)"],
+      answer: 2,
+      text:
+        "x₁ = x₀ + (0 − σ₀)(x₀ − D)/σ₀ = D(x₀; σ₀): the image is the middle panel of " +
+        "step 0, a dark blur with no shape yet.",
+    },
+    {
+      title: "colour first, then shape",
+      set: { ...defaults, step: 2 },
+      look: "step",
+      text:
+        "Drag step i: the estimate is red from step 2 (σ ≈ 8) on, but a circle only " +
+        "from step 8 (σ ≈ 2). Colour is settled at high noise, shape in the middle, " +
+        "and the last steps only sharpen it.",
+    },
+    {
+      title: "few steps",
+      set: { ...defaults, steps: 4, step: 3 },
+      look: "image",
+      ask: "N = 4: four Euler steps instead of twenty. Will the loop still draw the circle?",
+      choices: ["yes, a little softer", "no, no shape at all"],
+      answer: 1,
+      text:
+        "Four steps this long end on a dark blur with no shape: each step follows the " +
+        "ODE's slope at its start, and these steps are too long to follow it.",
+    },
+    {
+      title: "enough steps",
       set: { ...defaults, steps: 8, step: 7 },
       look: "image",
       text:
-        "Eight Euler steps already draw the red circle, a little softer than twenty; " +
-        "with N = 4 the loop still ends on a shapeless blur.",
+        "Eight Euler steps already draw the red circle, a little softer than twenty " +
+        "(within 30/255 RMS of the 20-step image).",
+    },
+    {
+      title: "no guidance",
+      set: { ...defaults, guidance: 1, step: 0 },
+      look: "denoised",
+      text:
+        "With g = 1 the first estimate D(x₀; σ₀) is already a red shape, where g = 7.5 " +
+        "gave a dark square: guidance pushes the early estimates past what the decoder " +
+        "knows. The circle it ends on is smaller than with guidance.",
+    },
+    {
+      title: "the sampler",
+      set: { ...defaults, sampler: "dpmpp_2m", spacing: "karras", step: 19 },
+      look: "image",
+      ask:
+        "DPM++ 2M on the Karras schedule, also 20 steps. Whose image lies closer to " +
+        "where 50 DPM++ 2M steps land?",
+      choices: ["Euler's, the opening one", "DPM++ 2M's"],
+      answer: 1,
+      text:
+        "Its image is within 1/255 (RMS) of the 50-step one, Euler's 20 " +
+        "linspace steps about 9/255 from it, though the two look alike. Chapter 9 " +
+        "measures samplers this way.",
     },
   ];
 
@@ -65,7 +113,21 @@
     const schedule = h("canvas", { width: 600, height: 160, class: "minsd-plot minsd-strip" });
     const caption = h("p", { class: "minsd-caption" }, "");
     const runner = new minsd.ui.Runner(root, compute);
-    const controls = { prompt, seed, steps, guidance, sampler, spacing, step };
+    // The step slider as a control: a step past the shown run's last one is kept for
+    // the run that has it (a tour's card sets N and i at once).
+    let asked_step = null;
+    const step_control = {
+      root: step.root,
+      input: step.input,
+      set(v) {
+        asked_step = v;
+        step.set(v);
+      },
+      get value() {
+        return step.value;
+      },
+    };
+    const controls = { prompt, seed, steps, guidance, sampler, spacing, step: step_control };
     const parts = {
       x: figure("c_in x_i, the UNet's input (preview)", x_canvas),
       denoised: figure("D(x_i; σ_i), decoded", denoised_canvas),
@@ -108,8 +170,10 @@
     async function show(model) {
       root.minsdResult = result;
       draw_rgb(image_canvas, result.pixels);
-      step.input.max = String(result.sigmas.length - 2);
-      step.set(Math.min(step.value, result.sigmas.length - 2));
+      const last = result.sigmas.length - 2;
+      step.input.max = String(last);
+      step.set(Math.min(asked_step ?? step.value, last));
+      asked_step = null;
       await show_step(model);
     }
 
@@ -136,12 +200,17 @@
     async function run() {
       const asked = options();
       const same = Object.keys(asked).every((k) => asked[k] === result.options[k]);
-      if (same) await show_step(runner.model);
-      else await runner.request();
+      if (same) {
+        asked_step = null;
+        await show_step(runner.model);
+      } else await runner.request();
       return result;
     }
 
-    step.input.addEventListener("input", () => show_step(runner.model));
+    step.input.addEventListener("input", () => {
+      asked_step = null;
+      show_step(runner.model);
+    });
     for (const control of [prompt, seed, steps, guidance, sampler, spacing]) {
       for (const input of control.inputs ?? [control.input]) {
         input.addEventListener("input", () => runner.request());
@@ -154,10 +223,10 @@
       h("div", { class: "minsd-controls" }, seed.root, steps.root, guidance.root),
       h("div", { class: "minsd-controls" }, sampler.root, spacing.root),
       runner.bar,
+      minsd.tour(widget, tour_cards(defaults, first.step)),
       h("div", { class: "minsd-panels minsd-three" }, parts.x, parts.denoised, parts.image),
       h("div", { class: "minsd-controls" }, step.root, caption),
       parts.schedule,
-      minsd.ui.try_this(widget, tries(defaults)),
     );
     runner.say(minsd.ui.first_result_note());
     show(null);
