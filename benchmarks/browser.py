@@ -55,22 +55,33 @@ FIRST_PICTURES = """async () => {
   return performance.now();
 }"""
 
-MEASURE = """async ([unet_calls, images]) => {
-  const median = (v) => v.slice().sort((a, b) => a - b)[Math.floor(v.length / 2)];
-  const t0 = performance.now();
-  const model = await minsd.runtime.load();
-  const load_ms = performance.now() - t0;
+# What the measures below share, added to the page as a script: the median, and the
+# ms per call of a UNet at batch 2 (uncond + cond: here the prompt twice), after three
+# calls to warm up.
+HELPERS = """
+function median(v) {
+  return v.slice().sort((a, b) => a - b)[Math.floor(v.length / 2)];
+}
+async function unet_call_ms(unet, model, calls) {
   const x = new Float32Array(2 * 4 * 8 * 8).fill(0.5);
   const t = new Float32Array([500, 500]);
   const context = model.data.embedding("%PROMPT%");
   const both = new Float32Array(2 * context.length);
   both.set(context); both.set(context, context.length);
-  const calls = [];
-  for (let k = 0; k < unet_calls + 3; k++) {
+  const ms = [];
+  for (let k = 0; k < calls + 3; k++) {
     const s = performance.now();
-    await model.unet(x, t, both);
-    if (k >= 3) calls.push(performance.now() - s);
+    await unet.call(model, x, t, both);
+    if (k >= 3) ms.push(performance.now() - s);
   }
+  return median(ms);
+}""".replace("%PROMPT%", PROMPT)
+
+MEASURE = """async ([unet_calls, images]) => {
+  const t0 = performance.now();
+  const model = await minsd.runtime.load();
+  const load_ms = performance.now() - t0;
+  const unet_ms = await unet_call_ms(model.unet, model, unet_calls);
   const options = {prompt: "%PROMPT%", steps: 20, guidance: 7.5, seed: 0,
                    sampler: "euler", spacing: "linspace"};
   const image_ms = [];
@@ -79,14 +90,13 @@ MEASURE = """async ([unet_calls, images]) => {
     await minsd.pipeline.generate(model, options);
     if (k >= 1) image_ms.push(performance.now() - s);
   }
-  return {load_ms, unet_ms: median(calls), image_ms: median(image_ms),
+  return {load_ms, unet_ms, image_ms: median(image_ms),
           image_min_ms: Math.min(...image_ms), image_max_ms: Math.max(...image_ms)};
 }""".replace("%PROMPT%", PROMPT)
 
 # Chapter 9's compare widget, through its API: a new g (both columns, then the
 # 100-step reference), then new N (both columns, the reference kept), medians.
 COMPARE = """async (runs) => {
-  const median = (v) => v.slice().sort((a, b) => a - b)[Math.floor(v.length / 2)];
   const widget = document.querySelector('.minsd-live[data-widget="compare"]').minsdWidget;
   const with_reference = [];
   const columns = [];
@@ -106,7 +116,6 @@ COMPARE = """async (runs) => {
 # as an output, and a run (20 steps recording the maps, then the image and the map
 # panels drawn), from the API's run() to the picture, for other seeds each time.
 ATTENTION = """async ([unet_calls, runs]) => {
-  const median = (v) => v.slice().sort((a, b) => a - b)[Math.floor(v.length / 2)];
   const firsts = [];
   for (let k = 0; k < 5; k++) {
     const root = document.createElement("div");
@@ -117,17 +126,7 @@ ATTENTION = """async ([unet_calls, runs]) => {
     root.remove();
   }
   const model = await minsd.runtime.load();
-  const x = new Float32Array(2 * 4 * 8 * 8).fill(0.5);
-  const t = new Float32Array([500, 500]);
-  const context = model.data.embedding("%PROMPT%");
-  const both = new Float32Array(2 * context.length);
-  both.set(context); both.set(context, context.length);
-  const calls = [];
-  for (let k = 0; k < unet_calls + 3; k++) {
-    const s = performance.now();
-    await model.unet_maps(x, t, both);
-    if (k >= 3) calls.push(performance.now() - s);
-  }
+  const unet_maps_ms = await unet_call_ms(model.unet_maps, model, unet_calls);
   const widget = document.querySelector("[data-widget=attention]").minsdWidget;
   const run_ms = [];
   for (let k = 0; k < runs + 1; k++) {
@@ -135,7 +134,7 @@ ATTENTION = """async ([unet_calls, runs]) => {
     await widget.set({prompt: "%PROMPT%", seed: k + 1}).run();
     if (k >= 1) run_ms.push(performance.now() - s);
   }
-  return {attention_first_ms: median(firsts), unet_maps_ms: median(calls),
+  return {attention_first_ms: median(firsts), unet_maps_ms,
           run_ms: median(run_ms),
           run_min_ms: Math.min(...run_ms), run_max_ms: Math.max(...run_ms)};
 }""".replace("%PROMPT%", PROMPT)
@@ -209,6 +208,7 @@ def in_browser(page: Path, unet_calls: int, images: int) -> dict:
         tab.on("pageerror", lambda e: errors.append(str(e)))
         tab.goto(page.as_uri())
         first_pictures_ms = tab.evaluate(FIRST_PICTURES)
+        tab.add_script_tag(content=HELPERS)
         result = tab.evaluate(MEASURE, [unet_calls, images])
         result.update(tab.evaluate(COMPARE, max(images // 3, 1)))
         result |= tab.evaluate(ATTENTION, [unet_calls, images])

@@ -111,16 +111,9 @@ COMPARE_REFERENCE = dict(sampler="dpmpp_2m", spacing="karras", steps=100)
 # reference its mean error is measured against (Heun with this many steps).
 TOY_SEEDS = 20
 TOY_REFERENCE_STEPS = 400
-# Chapter 11's maps: its prompt and seed, and generate's defaults, opening at the last
-# step and the finest level.
-ATTENTION_DEFAULTS = dict(
-    prompt="a red circle on a black background",
-    seed=0,
-    steps=20,
-    guidance=7.5,
-    sampler="euler",
-    spacing="linspace",
-)
+# Chapter 11's maps: chapter 7's prompt, seed and settings, opening at the last step
+# and the finest level.
+ATTENTION_DEFAULTS = dict(LOOP_DEFAULTS)
 ATTENTION_STEP_SHOWN = 19
 
 
