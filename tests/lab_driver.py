@@ -85,6 +85,14 @@ SLIDERS = r"""() => {
 }"""
 
 
+# The visible notebook's kernel has nothing left to run (its toolbar's indicator).
+KERNEL_IDLE = """() => {
+  const indicator = document.querySelector(
+    ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator");
+  return indicator !== null && indicator.dataset.status === "idle";
+}"""
+
+
 @dataclass
 class ChapterResult:
     name: str
@@ -294,6 +302,11 @@ class Lab:
             ).nth(s["i"])
             slider.scroll_into_view_if_needed()
             handle = slider.locator(".noUi-handle, .ui-slider-handle").first
+            # The figure as it is once the kernel has drawn every earlier move: a slider
+            # that shares its figure with the one before must redraw it again.
+            page.wait_for_function(KERNEL_IDLE, timeout=MOVE_TIMEOUT_S * 1000)
+            page.wait_for_timeout(500)
+            image = page.evaluate(SLIDERS)[s["i"]]["image"]
             start = time.monotonic()
             handle.focus()
             # One step right, or left from the last value
@@ -309,7 +322,7 @@ class Lab:
             deadline = start + MOVE_TIMEOUT_S
             while time.monotonic() < deadline:
                 now = page.evaluate(SLIDERS)[s["i"]]
-                if now["image"] and now["image"] != s["image"]:
+                if now["image"] and now["image"] != image:
                     redrawn, seconds = True, round(time.monotonic() - start, 2)
                     break
                 page.wait_for_timeout(200)
@@ -323,6 +336,8 @@ class Lab:
                 }
             )
         if shots and sliders:
+            page.wait_for_function(KERNEL_IDLE, timeout=MOVE_TIMEOUT_S * 1000)
+            page.wait_for_timeout(500)
             page.screenshot(path=str(shots / f"{stem}_lab_slider.png"))
         return moved
 
