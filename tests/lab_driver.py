@@ -227,16 +227,12 @@ class Lab:
             if shots:
                 page.screenshot(path=str(shots / f"{chapter.stem}_lab_open.png"))
             return result
-        page.wait_for_function(
-            "() => { const s = document.querySelector('.jp-Notebook-ExecutionIndicator"
-            ", .jp-KernelStatus'); return !s || !/Connecting|Starting|Unknown/"
-            ".test(s.textContent + (s.getAttribute('data-status') || '')); }",
-            timeout=60_000,
-        )
-        page.wait_for_timeout(2000)  # the kernel idle, the widgets manager ready
+        # The kernel started and idle (on a busy machine this takes a while), then the
+        # widgets manager ready.
+        page.wait_for_function(KERNEL_IDLE, timeout=RUN_ALL_TIMEOUT_S * 1000)
+        page.wait_for_timeout(2000)
         start = time.monotonic()
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        self.run_all(page)
         state, idle_since = None, None
         deadline = start + RUN_ALL_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -292,6 +288,20 @@ class Lab:
             chapter.write_bytes(before)  # leave the reader's file as it was
         self.shut_down_kernels()
         return result
+
+    def run_all(self, page, tries: int = 3) -> None:
+        """Run > Run All Cells, as a reader does; again if no cell has started after
+        30 s (a click that a busy page missed)."""
+        for _ in range(tries):
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                prompts = page.evaluate(NOTEBOOK_STATE)["prompts"]
+                if any(re.fullmatch(r"\[(\*|\d+)\]:", p) for p in prompts):
+                    return
+                page.wait_for_timeout(500)
+            page.keyboard.press("Escape")  # a menu left open
 
     def move_sliders(self, page, shots: Path | None, stem: str) -> list[dict]:
         moved = []
