@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--weights",
         default=None,
-        help="SD 1.5 folder, hub id (owner/name) or single .safetensors checkpoint "
+        help="SD 1.5 folder or single .safetensors checkpoint "
         f"(default: ${WEIGHTS_ENV}, else the built-in shapes model)",
     )
     parser.add_argument(
@@ -233,9 +233,16 @@ def run(args: argparse.Namespace) -> int:
     init_image = None if args.init_image is None else read_image(args.init_image)
 
     import torch  # after parsing: --help should not wait for torch
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     from .loading import load_pipeline
 
+    # The command's own output only: not the libraries' "Loading weights" bars, nor
+    # their load reports (every problem a report names, minsd refuses with an error).
+    for library in (transformers_logging, diffusers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
     pipe = load_pipeline(args.weights, device=args.device, config=args.config)
     # The command owns its process, so it may set the thread count: the one this
     # model samples fastest with.

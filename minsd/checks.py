@@ -147,16 +147,15 @@ def resolve_dtype(dtype: torch.dtype | None, device: torch.device) -> torch.dtyp
 
 
 def check_path_argument(name: str, value: object) -> None:
-    """weights or config: None, or a path or hub id (a str or os.PathLike)."""
+    """weights or config: None, or a path (a str or os.PathLike)."""
     if value is not None and not isinstance(value, (str, os.PathLike)):
         raise InvalidType(
-            f"{name} must be None or a path or hub id (a str or os.PathLike), got "
+            f"{name} must be None or a path (a str or os.PathLike), got "
             f"{type(value).__name__}: {value!r:.80}"
         )
     if isinstance(value, str) and not value.strip():
         raise InvalidValue(
-            f"{name} is an empty string; give a folder, a .safetensors file or a hub "
-            "id, or None"
+            f"{name} is an empty string; give a folder, a .safetensors file, or None"
         )
 
 

@@ -1,11 +1,10 @@
 """A model's configs and tokenizer, checked against SD 1.5's before any weight is read.
 
-minsd implements SD 1.5's UNet, at any size. A field that a config leaves out takes the
-default of the class diffusers would build (diffusers' own rule); then every field but
-the sizes must be SD 1.5's (its configs ship in minsd/sd15_config/). The VAE and the
-text encoder must fit the UNet, the tokenizer the text encoder; the scheduler config
-gives the training noise schedule. Each error names the file, the field and its value,
-and what is allowed.
+minsd implements SD 1.5's UNet, at any size. A field a config leaves out takes its
+default in the class diffusers would build; every field but the sizes must then be
+SD 1.5's (minsd/sd15_config/). The VAE and the text encoder must fit the UNet, the
+tokenizer the text encoder. Each error names the file, the field, its value and what
+is allowed.
 """
 
 import inspect
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
     from transformers import CLIPTextConfig, CLIPTokenizer
 
 SD15_CONFIG = Path(__file__).parent / "sd15_config"  # SD 1.5's configs, no weights
-# and no tokenizer: SD 1.5's is CLIP's, as minsd's default model ships it, at 77 tokens
+# SD 1.5's tokenizer is CLIP's, as minsd's default model ships it, at 77 tokens
 SD15_TOKENIZER = Path(__file__).parent / "default_model" / "tokenizer"
 # the files of a diffusers text-to-image folder that minsd reads (and tokenizer/)
 REQUIRED = ["model_index.json", "unet/config.json", "vae/config.json"]
@@ -33,9 +32,9 @@ REQUIRED += ["text_encoder/config.json", "scheduler/scheduler_config.json"]
 
 
 def read_configs(folder: Path) -> dict:
-    """StableDiffusion's arguments from a diffusers folder, but the weights: the configs
-    of unet, vae and text_encoder (for the loader to build each from), the tokenizer,
-    the training noise schedule and the latents' preview colours."""
+    """StableDiffusion's arguments from a diffusers folder, but the weights: the
+    configs to build each part from, the tokenizer, the training noise schedule and
+    the latents' preview colours."""
     missing = [str(folder / name) for name in REQUIRED if not (folder / name).exists()]
     if missing:
         raise MissingFile(

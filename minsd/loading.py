@@ -1,20 +1,15 @@
-"""Loading SD 1.5 into a minsd pipeline: a diffusers-format folder, a Hugging Face hub
-id (downloaded), or one .safetensors checkpoint in the original CompVis layout.
+"""Loading SD 1.5 into a minsd pipeline, from local files: a diffusers-format folder,
+or one .safetensors checkpoint in the original CompVis layout. Nothing is downloaded.
 
 Everything is checked before any weight is read: the arguments, the configs and the
-tokenizer (configs.py), each weights file's header. minsd's UNet is built from its
-config and takes its weights with torch's load_state_dict(strict=True), whose error
-names every missing, unexpected and misshapen tensor. The VAE and the text encoder load
-with diffusers and transformers, which would initialise a missing weight at random:
-their loading info is refused the same way. Only safetensors files are read.
+tokenizer (configs.py), each weights file's header. minsd's UNet takes its weights with
+torch's load_state_dict(strict=True), whose error names every missing, unexpected and
+misshapen tensor. diffusers and transformers would initialise a missing weight of the
+VAE or the text encoder at random: their loading info is refused the same way.
 """
 
 import os
-import re
 import sys
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -36,7 +31,7 @@ from .configs import (
     read_unet_config,
     refuse,
 )
-from .errors import InvalidValue, MissingFile, one_line
+from .errors import InvalidValue, MissingFile
 from .pipeline import StableDiffusion
 from .unet import UNet, UNetConfig
 
@@ -45,7 +40,12 @@ DEFAULT_MODEL = Path(__file__).parent / "default_model"  # the tiny shapes model
 WEIGHTS = dict(unet="diffusion_pytorch_model{}.safetensors")
 WEIGHTS |= dict(vae=WEIGHTS["unet"], text_encoder="model{}.safetensors")
 PICKLED = (".ckpt", ".pt", ".pth", ".bin", ".pkl")  # torch.save files: never read
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name
+# SD 1.5's diffusers folder, the files minsd reads, on a machine with internet access
+SD15_DOWNLOAD = (
+    "hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir sd15 "
+    "--include '*/config.json' 'model_index.json' 'scheduler/*' 'tokenizer/*' "
+    "'*/diffusion_pytorch_model.safetensors' 'text_encoder/model.safetensors'"
+)
 
 
 def load_pipeline(
@@ -54,11 +54,11 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     config: str | os.PathLike | None = None,
 ) -> StableDiffusion:
-    """Load SD 1.5 from a diffusers folder, a hub id or one .safetensors checkpoint.
+    """Load SD 1.5 from a diffusers folder or one .safetensors checkpoint.
 
-    weights: a folder, a hub id (owner/name), a .safetensors file in the original SD
-        layout, or None for $MINSD_WEIGHTS; with neither, minsd's own tiny default
-        model (coloured shapes, 32 x 32; see minsd/train.py), with a one-line notice.
+    weights: a folder, a .safetensors file in the original SD layout, or None for
+        $MINSD_WEIGHTS; with neither, minsd's own tiny default model (coloured
+        shapes, 32 x 32; see minsd/train.py), with a one-line notice.
     device, dtype: default to CUDA in fp16 when present, else the CPU in fp32.
     config: for a single file only, a diffusers-format folder of its configs
         (default: SD 1.5's).
@@ -75,13 +75,12 @@ def load_pipeline(
             file=sys.stderr,
         )
         weights = DEFAULT_MODEL
-    path = find_weights(weights, fp16=dtype == torch.float16)
+    path = find_weights(weights)
     check_config_argument(config, path)
-    with quiet_libraries():
-        if path.is_dir():
-            parts = load_folder(path, dtype)
-        else:
-            parts = load_single_file(path, config)
+    if path.is_dir():
+        parts = load_folder(path, dtype)
+    else:
+        parts = load_single_file(path, config)
     name = "minsd default (shapes)" if Path(weights) == DEFAULT_MODEL else str(weights)
     return StableDiffusion(**parts, device=device, dtype=dtype, name=name)
 
@@ -143,14 +142,6 @@ def load_single_file(path: Path, config: str | os.PathLike | None = None) -> dic
                 f"with {' or '.join(prefixes)}); minsd reads whole SD 1.x checkpoints "
                 "(UNet, VAE and CLIP text encoder in one file), or diffusers folders"
             )
-    if sum(key.startswith("model_ema.") for key in keys) > 100:  # diffusers' test
-        warnings.warn(
-            f"{path} holds the UNet's weights twice, with and without EMA; minsd loads "
-            "the ones without, as diffusers does by default (SD 1.5's diffusers "
-            "release holds the EMA ones)",
-            stacklevel=3,
-        )
-
     checkpoint = load_file(path)
     source = f"{path} (converted from the original SD layout; configs from {folder})"
     with torch.device("meta"):  # nothing allocated: the weights replace everything
@@ -200,10 +191,17 @@ def from_pretrained(cls: type, source: Path | str, **options: object) -> nn.Modu
 # -- where the weights are -------------------------------------------------------------
 
 
-def find_weights(weights: str | os.PathLike, fp16: bool = False) -> Path:
-    """A local folder or .safetensors file; else, if the name can be a hub id
-    (owner/name), its diffusers folder, downloaded (safetensors only) or cached."""
+def find_weights(weights: str | os.PathLike) -> Path:
+    """A local folder or .safetensors file (never a pickle)."""
     path = Path(weights).expanduser()
+    if not path.exists():
+        raise MissingFile(
+            f"{str(weights)!r}: no such file or folder ({path.absolute()}). minsd "
+            "reads local weights only (a diffusers-format folder or a .safetensors "
+            f"checkpoint) and downloads nothing; for SD 1.5's, run `{SD15_DOWNLOAD}` "
+            "where there is internet, then pass --weights sd15 or set "
+            f"{WEIGHTS_ENV}=sd15"
+        )
     if path.is_file() and path.suffix in PICKLED:
         raise InvalidValue(
             f"{path} is a pickled checkpoint, and minsd never unpickles (loading a "
@@ -216,34 +214,7 @@ def find_weights(weights: str | os.PathLike, fp16: bool = False) -> Path:
             "weights must be a diffusers-format folder or a .safetensors checkpoint, "
             f"but {path} is another file"
         )
-    if path.exists():
-        return path
-    name, local = str(weights), path.absolute()
-    if not HUB_ID.fullmatch(name) or name.endswith((".safetensors", *PICKLED)):
-        raise MissingFile(
-            f"{name!r} is not a local folder, and it could not be downloaded: no such "
-            f"file or folder ({local}), and it cannot be a Hugging Face hub repository "
-            "id (owner/name)"
-        )
-    print(f"minsd: no such path: {local}; trying {name} as a hub id", file=sys.stderr)
-    from huggingface_hub import snapshot_download
-
-    variant = ".fp16" if fp16 else ""
-    files = [f"{part}/{file.format(variant)}" for part, file in WEIGHTS.items()]
-    patterns = ["model_index.json", "*/config.json", "scheduler/scheduler_config.json"]
-    patterns += ["tokenizer/*", *files]
-    try:
-        return Path(snapshot_download(name, allow_patterns=patterns))
-    # offline, unknown repository, no access: all mean "no weights here"
-    except Exception as err:
-        raise MissingFile(
-            f"{name!r} is not a local folder (no such path: {local}), and it could not "
-            "be downloaded from the Hugging Face hub as a repository id "
-            f"({type(err).__name__}: {one_line(err)}). On a machine with internet "
-            f"access run `hf download {name} --include "
-            f"{' '.join(repr(p) for p in patterns)} --local-dir sd15`, then pass the "
-            f"folder (--weights sd15) or set {WEIGHTS_ENV}=sd15"
-        ) from err
+    return path
 
 
 def weights_file(folder: Path, variant: str | None) -> Path:
@@ -268,25 +239,3 @@ def read_header(path: Path) -> list[str]:
             f"{path} is not a readable safetensors file ({err}); is it truncated, by "
             "an interrupted download or copy?"
         ) from err
-
-
-@contextmanager
-def quiet_libraries() -> Iterator[None]:
-    """transformers' and diffusers' progress bars and load reports off while loading
-    (in a notebook the bars land on the page; every problem a report names is raised
-    here as an error), and as they were after."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    libraries = (transformers_logging, diffusers_logging)
-    saved = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
-    for library in libraries:
-        library.set_verbosity_error()
-        library.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for library, (verbosity, bars) in zip(libraries, saved):
-            library.set_verbosity(verbosity)
-            if bars:
-                library.enable_progress_bar()

@@ -229,7 +229,7 @@ UNET_BAD_VALUES = {
     "addition_embed_type_num_heads": (8, 64),
 }
 SCHEDULER = "scheduler/scheduler_config.json"
-NOT_A_HUB_ID = r"is not a local folder, and it could not be downloaded: no such file or folder .*cannot be a Hugging Face"
+NO_SUCH_PATH = r"no such file or folder \(/.*\)\. minsd reads local weights only"
 
 # fmt: off
 CASES = [
@@ -332,21 +332,22 @@ CASES = [
     ("dtype a string", arguments(dtype="float16"), TypeError, r"dtype must be None or a floating-point torch\.dtype"),
     ("dtype integer", arguments(dtype=torch.int64), TypeError, r"floating-point torch\.dtype .*got torch\.int64"),
     ("dtype bool", arguments(dtype=torch.bool), TypeError, r"floating-point torch\.dtype .*got torch\.bool"),
-    ("weights a number", arguments(weights=42), TypeError, r"weights must be None or a path or hub id .*got int: 42"),
+    ("weights a number", arguments(weights=42), TypeError, r"weights must be None or a path \(a str or os\.PathLike\), got int: 42"),
     ("weights a state dict", arguments(weights={"conv_in.weight": 0}), TypeError, r"weights must be .*got dict"),
     ("weights bytes", arguments(weights=b"model"), TypeError, r"weights must be .*got bytes"),
     ("weights empty string", arguments(weights=""), ValueError, r"weights is an empty string"),
     ("config a number", arguments(config=7), TypeError, r"config must be None or a path .*got int: 7"),
     ("config for a folder", lambda work: {"config": work.folder}, ValueError, r"config is for single-file checkpoints"),
-    # -- paths: local, hub ids, files that are not safetensors
-    ("absolute path missing", lambda work: {"weights": str(work.root / "sd15")}, FileNotFoundError, NOT_A_HUB_ID),
-    ("./ path missing", weights("./sd15"), FileNotFoundError, r"'\./sd15' " + NOT_A_HUB_ID),
-    ("~ path missing", weights("~/minsd-no-such-model"), FileNotFoundError, r"'~/minsd-no-such-model' " + NOT_A_HUB_ID),
-    ("two slashes missing", weights("models/sd15/v1"), FileNotFoundError, r"'models/sd15/v1' " + NOT_A_HUB_ID),
-    ("safetensors missing", weights("sd15.safetensors"), FileNotFoundError, r"'sd15\.safetensors' " + NOT_A_HUB_ID),
-    ("hub id offline", weights("minsd-tests/no-such-model"), FileNotFoundError,
-     r"'minsd-tests/no-such-model' is not a local folder \(no such path: /.*/minsd-tests/no-such-model\), and it "
-     r"could not be downloaded from the Hugging Face hub as a repository id"),
+    # -- paths: missing (nothing is downloaded), files that are not safetensors
+    ("absolute path missing", lambda work: {"weights": str(work.root / "sd15")}, FileNotFoundError,
+     r"sd15': no such file or folder \(/.*/sd15\)\. minsd reads local weights only"),
+    ("./ path missing", weights("./sd15"), FileNotFoundError, r"'\./sd15': " + NO_SUCH_PATH),
+    ("~ path missing", weights("~/minsd-no-such-model"), FileNotFoundError, r"'~/minsd-no-such-model': " + NO_SUCH_PATH),
+    ("two slashes missing", weights("models/sd15/v1"), FileNotFoundError, r"'models/sd15/v1': " + NO_SUCH_PATH),
+    ("safetensors missing", weights("sd15.safetensors"), FileNotFoundError, r"'sd15\.safetensors': " + NO_SUCH_PATH),
+    ("hub id", weights("stable-diffusion-v1-5/stable-diffusion-v1-5"), FileNotFoundError,
+     r"'stable-diffusion-v1-5/stable-diffusion-v1-5': " + NO_SUCH_PATH + r".*downloads nothing; .*`hf download "
+     r"stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir sd15 .*` .*--weights sd15 or set MINSD_WEIGHTS=sd15"),
     ("ckpt file", weights("model.ckpt", b"\x80\x04 a pickle"), ValueError,
      r"model\.ckpt is a pickled checkpoint, and minsd never unpickles .*convert"),
     ("bin file", weights("pytorch_model.bin", b"\x80\x04"), ValueError, r"pytorch_model\.bin is a pickled checkpoint"),

@@ -48,8 +48,7 @@ def test_cli_writes_images(tiny_folder, tmp_path):
 
 
 def test_cli_without_weights_offline_says_how_to_get_them(tmp_path):
-    """A missing weights folder, offline, is exit status 2 and says why it could not be
-    loaded."""
+    """A missing weights folder is exit status 2 and says how to get weights."""
     result = run_cli(
         "a red circle",
         "--weights",
@@ -58,7 +57,8 @@ def test_cli_without_weights_offline_says_how_to_get_them(tmp_path):
         str(tmp_path / "x.png"),
     )
     assert result.returncode == 2
-    assert "is not a local folder, and it could not be downloaded" in result.stderr
+    assert "missing': no such file or folder" in result.stderr
+    assert "hf download stable-diffusion-v1-5/stable-diffusion-v1-5" in result.stderr
 
 
 def test_cli_chooses_threads_for_the_model(tmp_path):
