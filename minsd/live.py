@@ -427,6 +427,17 @@ def compare_run(
     return result.latents, result.pixels, len(calls)
 
 
+def compare_reference(
+    pipe: StableDiffusion, prompt: str, seed: int, guidance: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The compare widget's reference at guidance g (COMPARE_REFERENCE): its final
+    latents (1, C, h, w), which each column's latent distance is measured to, and its
+    pixels (1, 3, H, W)."""
+    reference = dict(COMPARE_REFERENCE, guidance=guidance)
+    latents, pixels, _ = compare_run(pipe, prompt, seed, **reference)
+    return latents, pixels
+
+
 def compare_first_result(pipe: StableDiffusion) -> dict:
     """The compare widget's opening: each column's image, NFE and latent distance
     (chapter 9's: the RMS of the difference of the final latents) to the reference,
@@ -435,8 +446,8 @@ def compare_first_result(pipe: StableDiffusion) -> dict:
     guidance = {column["guidance"] for column in COMPARE_DEFAULTS["columns"]}
     assert len(guidance) == 1, "the opening columns share one reference"
     reference = dict(COMPARE_REFERENCE, guidance=guidance.pop())
-    reference_latents, reference_pixels, _ = compare_run(
-        pipe, prompt, seed, **reference
+    reference_latents, reference_pixels = compare_reference(
+        pipe, prompt, seed, reference["guidance"]
     )
     columns = []
     for column in COMPARE_DEFAULTS["columns"]:

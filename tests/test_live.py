@@ -504,11 +504,7 @@ def compare_shown(root) -> list[dict]:
     return columns
 
 
-@functools.cache
-def compare_reference(pipe, prompt: str, seed: int, guidance: float) -> tuple:
-    """minsd's reference for the compare widget: (latents, pixels)."""
-    reference = dict(live.COMPARE_REFERENCE, guidance=guidance)
-    return live.compare_run(pipe, prompt, seed, **reference)[:2]
+compare_reference = functools.cache(live.compare_reference)  # (latents, pixels)
 
 
 def check_against_minsd(kind: str, root, pipe, tolerance: float) -> None:
