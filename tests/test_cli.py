@@ -47,7 +47,7 @@ def test_cli_writes_images(tiny_folder, tmp_path):
     assert "Euler: 100%" in result.stderr  # the progress bar
 
 
-def test_cli_without_weights_offline_says_how_to_get_them(tmp_path):
+def test_cli_missing_weights_says_how_to_get_them(tmp_path):
     """A missing weights folder is exit status 2 and says how to get weights."""
     result = run_cli(
         "a red circle",
